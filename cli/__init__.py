@@ -1,0 +1,1 @@
+"""Command-line verbs behind server.py: database resolution, users, demo data, simulate, bench."""

@@ -1,0 +1,268 @@
+"""All SQL the web app runs, as functions over an asyncpg connection or pool.
+
+Values are always $n parameters. The only SQL assembled at run time is made of
+fixed fragments chosen from the allow-lists below (sort columns, search
+columns), never of input text.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+
+Executor = asyncpg.Pool | asyncpg.Connection
+
+# Public column name -> SQL expression. The only way input picks SQL.
+SORT_COLUMNS: dict[str, str] = {
+    "id": "o.id",
+    "owner_id": "o.owner_id",
+    "owner": "u.username",
+    "instrument": "o.instrument",
+    "side": "o.side",
+    "quantity": "o.quantity",
+    "price": "o.price",
+    "status": "o.status",
+    "version": "o.version",
+    "created_at": "o.created_at",
+    "updated_at": "o.updated_at",
+}
+# Columns a free-text search word may match (as text, case-insensitive substring).
+SEARCH_COLUMNS: dict[str, str] = {
+    "id": "o.id::text",
+    "owner": "u.username",
+    "instrument": "o.instrument",
+    "side": "o.side",
+    "status": "o.status",
+    "quantity": "o.quantity::text",
+    "price": "o.price::text",
+}
+# Columns a PATCH/POST may set -> SQL column name.
+WRITABLE_COLUMNS: dict[str, str] = {
+    "owner_id": "owner_id",
+    "instrument": "instrument",
+    "side": "side",
+    "quantity": "quantity",
+    "price": "price",
+    "status": "status",
+    "note": "note",
+}
+
+_ORDER_JSON = "orderstream_order_json(o, u.username)::text"
+_FROM = "FROM orders o JOIN users u ON u.id = o.owner_id"
+
+
+@dataclass(frozen=True)
+class User:
+    id: int
+    username: str
+    is_staff: bool
+
+
+@dataclass(frozen=True)
+class OrderQuery:
+    """A validated list request. `owner_id` None means every owner (staff only)."""
+
+    owner_id: int | None
+    limit: int
+    offset: int
+    sort: tuple[tuple[str, bool], ...] = (("id", True),)  # (column, descending)
+    words: tuple[str, ...] = ()
+    search_columns: tuple[str, ...] = tuple(SEARCH_COLUMNS)
+    column_filters: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class OrderPage:
+    items_json: list[str]
+    total: int
+    filtered: int
+    seq: int
+
+
+def _like(word: str) -> str:
+    escaped = word.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+def token_hash(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
+
+
+# -- users and tokens ---------------------------------------------------------
+
+
+def _user(row: asyncpg.Record | None) -> User | None:
+    return None if row is None else User(row["id"], row["username"], row["is_staff"])
+
+
+async def user_by_id(db: Executor, user_id: int) -> User | None:
+    row = await db.fetchrow("SELECT id, username, is_staff FROM users WHERE id = $1", user_id)
+    return _user(row)
+
+
+async def user_with_hash(db: Executor, username: str) -> tuple[User, str | None] | None:
+    row = await db.fetchrow(
+        "SELECT id, username, is_staff, password_hash FROM users WHERE username = $1", username
+    )
+    if row is None:
+        return None
+    user = _user(row)
+    assert user is not None
+    return user, row["password_hash"]
+
+
+async def user_by_token(db: Executor, token: str) -> User | None:
+    row = await db.fetchrow(
+        "UPDATE api_tokens t SET last_used_at = now() FROM users u"
+        " WHERE t.token_hash = $1 AND t.revoked_at IS NULL AND u.id = t.user_id"
+        " RETURNING u.id, u.username, u.is_staff",
+        token_hash(token),
+    )
+    return _user(row)
+
+
+async def list_users(db: Executor) -> list[dict[str, Any]]:
+    rows = await db.fetch(
+        "SELECT u.id, u.username, u.is_staff, u.created_at,"
+        " (SELECT count(*) FROM api_tokens t WHERE t.user_id = u.id AND t.revoked_at IS NULL)"
+        " AS tokens FROM users u ORDER BY u.id"
+    )
+    return [dict(row) for row in rows]
+
+
+async def create_user(db: Executor, username: str, password_hash: str | None,
+                      is_staff: bool) -> dict[str, Any]:
+    row = await db.fetchrow(
+        "INSERT INTO users (username, password_hash, is_staff) VALUES ($1, $2, $3)"
+        " RETURNING id, username, is_staff, created_at, 0::bigint AS tokens",
+        username, password_hash, is_staff,
+    )
+    return dict(row)
+
+
+async def update_user(db: Executor, user_id: int, is_staff: bool | None,
+                      password_hash: str | None) -> dict[str, Any] | None:
+    row = await db.fetchrow(
+        "UPDATE users SET is_staff = coalesce($2, is_staff),"
+        " password_hash = coalesce($3, password_hash) WHERE id = $1"
+        " RETURNING id, username, is_staff, created_at,"
+        " (SELECT count(*) FROM api_tokens t WHERE t.user_id = users.id AND t.revoked_at IS NULL)"
+        " AS tokens",
+        user_id, is_staff, password_hash,
+    )
+    return None if row is None else dict(row)
+
+
+async def revoke_tokens(db: Executor, user_id: int) -> int:
+    status = await db.execute(
+        "UPDATE api_tokens SET revoked_at = now() WHERE user_id = $1 AND revoked_at IS NULL",
+        user_id,
+    )
+    return int(status.split()[-1])
+
+
+# -- orders -------------------------------------------------------------------
+
+
+async def current_seq(db: Executor) -> int:
+    row = await db.fetchrow("SELECT last_value, is_called FROM order_event_seq")
+    return row["last_value"] if row["is_called"] else 0
+
+
+async def list_orders(db: Executor, query: OrderQuery) -> OrderPage:
+    args: list[Any] = []
+
+    def arg(value: Any) -> str:
+        args.append(value)
+        return f"${len(args)}"
+
+    scope = "TRUE" if query.owner_id is None else f"o.owner_id = {arg(query.owner_id)}"
+    filters: list[str] = []
+    for word in query.words:
+        placeholder = arg(_like(word))
+        alternatives = [f"{SEARCH_COLUMNS[c]} ILIKE {placeholder}" for c in query.search_columns]
+        filters.append("(" + " OR ".join(alternatives or ["FALSE"]) + ")")
+    for column, value in query.column_filters:
+        filters.append(f"{SEARCH_COLUMNS[column]} ILIKE {arg(_like(value))}")
+    where_filtered = " AND ".join([scope, *filters])
+    order_by = ", ".join(
+        f"{SORT_COLUMNS[column]} {'DESC' if descending else 'ASC'}"
+        for column, descending in query.sort
+    )
+    # A unique tiebreaker keeps pages stable when sort values repeat.
+    order_by += ", o.id DESC" if query.sort[-1] != ("id", False) else ""
+    limit, offset = arg(query.limit), arg(query.offset)
+    sql = (
+        f"SELECT (SELECT count(*) {_FROM} WHERE {scope}) AS total,"
+        f" (SELECT count(*) {_FROM} WHERE {where_filtered}) AS filtered,"
+        f" (SELECT coalesce(array_agg(j), '{{}}') FROM (SELECT {_ORDER_JSON} AS j {_FROM}"
+        f"  WHERE {where_filtered} ORDER BY {order_by} LIMIT {limit} OFFSET {offset}) page)"
+        " AS items,"
+        " (SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM order_event_seq) AS seq"
+    )
+    row = await db.fetchrow(sql, *args)
+    return OrderPage(list(row["items"]), row["total"], row["filtered"], row["seq"])
+
+
+async def get_order(db: Executor, order_id: int, owner_id: int | None) -> str | None:
+    return await db.fetchval(
+        f"SELECT {_ORDER_JSON} {_FROM} WHERE o.id = $1 AND ($2::bigint IS NULL OR o.owner_id = $2)",
+        order_id, owner_id,
+    )
+
+
+_RETURNING = (
+    "RETURNING orderstream_order_json(orders,"
+    " (SELECT username FROM users WHERE id = orders.owner_id))::text"
+)
+
+
+async def create_order(db: Executor, values: dict[str, Any]) -> str:
+    columns = [WRITABLE_COLUMNS[name] for name in values]
+    placeholders = [f"${i}" for i in range(1, len(values) + 1)]
+    return await db.fetchval(
+        f"INSERT INTO orders ({', '.join(columns)}) VALUES ({', '.join(placeholders)})"
+        f" {_RETURNING}",
+        *values.values(),
+    )
+
+
+async def update_order(db: Executor, order_id: int, owner_id: int | None,
+                       values: dict[str, Any], expected_version: int | None) -> str | None:
+    """Apply `values`; None when the order is not there (or not the owner's) or the
+    version does not match."""
+    args: list[Any] = [order_id, owner_id, expected_version]
+    sets = []
+    for name, value in values.items():
+        args.append(value)
+        sets.append(f"{WRITABLE_COLUMNS[name]} = ${len(args)}")
+    if not sets:
+        sets.append("owner_id = owner_id")  # still a write: bumps version, announces
+    return await db.fetchval(
+        f"UPDATE orders SET {', '.join(sets)} WHERE id = $1"
+        " AND ($2::bigint IS NULL OR owner_id = $2) AND ($3::bigint IS NULL OR version = $3)"
+        f" {_RETURNING}",
+        *args,
+    )
+
+
+async def delete_order(db: Executor, order_id: int, owner_id: int | None) -> bool:
+    deleted = await db.fetchval(
+        "DELETE FROM orders WHERE id = $1 AND ($2::bigint IS NULL OR owner_id = $2) RETURNING id",
+        order_id, owner_id,
+    )
+    return deleted is not None
+
+
+async def order_version(db: Executor, order_id: int, owner_id: int | None) -> int | None:
+    return await db.fetchval(
+        "SELECT version FROM orders WHERE id = $1 AND ($2::bigint IS NULL OR owner_id = $2)",
+        order_id, owner_id,
+    )
+
+
+async def change_frame(db: Executor, seq: int) -> str | None:
+    return await db.fetchval("SELECT frame FROM order_changes WHERE seq = $1", seq)

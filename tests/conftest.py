@@ -1,0 +1,256 @@
+"""Shared fixtures: a fresh database per test run, the real server on a real port, users,
+and real WebSocket / HTTP clients."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+import websockets
+
+from cli.users import create_token, create_user
+from db.embedded import database_url
+from db.migrate import migrate
+from web.passwords import Passwords
+
+ROOT = Path(__file__).resolve().parent.parent
+# Cheap hashes: the tests create many users; verifying reads the cost from the hash.
+FAST_PASSWORDS = Passwords(time_cost=1, memory_cost_kib=8192)
+_names = itertools.count(1)
+
+
+def _server_url() -> tuple[str, Any]:
+    url = os.environ.get("TEST_DATABASE_URL")
+    if url:
+        return url, None
+    from db.embedded import EmbeddedPostgres
+
+    embedded = EmbeddedPostgres(ROOT / "var" / "pg")
+    return embedded.start(), embedded
+
+
+
+
+@pytest.fixture(scope="session")
+def server_url() -> Iterator[str]:
+    """The PostgreSQL server the tests use (TEST_DATABASE_URL or the embedded one)."""
+    url, embedded = _server_url()
+    yield url
+    if embedded is not None:
+        embedded.stop()
+
+
+@pytest.fixture(scope="session")
+def db_url(server_url: str) -> Iterator[str]:
+    """A database created (and migrated) for this test run, dropped at the end."""
+    name = f"orderstream_test_{os.getpid()}_{secrets.token_hex(3)}"
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = database_url(server_url, name)
+    migrate(url)
+    yield url
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class ServerProcess:
+    """`python server.py serve` in a subprocess, as a user would run it."""
+
+    db_url: str
+    data_dir: Path
+    port: int = 0
+    workers: int = 1
+    process: subprocess.Popen[bytes] | None = None
+    extra_env: dict[str, str] | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/ws"
+
+    def start(self, timeout: float = 30.0) -> None:
+        self.port = self.port or free_port()
+        env = {
+            **os.environ,
+            "DATABASE_URL": self.db_url,
+            "ORDERSTREAM_DATA_DIR": str(self.data_dir),
+            "ORDERSTREAM_LOG_LEVEL": "warning",
+            **(self.extra_env or {}),
+        }
+        with (self.data_dir / f"server-{self.port}.log").open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, str(ROOT / "server.py"), "serve", "--port", str(self.port),
+                 "--workers", str(self.workers)],
+                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited with {self.process.returncode}: {self.log()}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(self.base_url + "/healthz", timeout=1).status_code == 200:
+                    return
+            time.sleep(0.05)
+        raise RuntimeError(f"server did not become healthy: {self.log()}")
+
+    def log(self) -> str:
+        path = self.data_dir / f"server-{self.port}.log"
+        return path.read_text(errors="replace")[-4000:] if path.exists() else ""
+
+    def stop(self, timeout: float = 15.0) -> int | None:
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        code = self.process.returncode
+        self.process = None
+        return code
+
+
+@pytest.fixture(scope="session")
+def server(db_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """The real server on a real port, shared by the tests of this run."""
+    proc = ServerProcess(db_url, tmp_path_factory.mktemp("server"))
+    proc.start()
+    yield proc
+    proc.stop()
+
+
+@dataclass(frozen=True)
+class User:
+    id: int
+    username: str
+    password: str
+    token: str
+    is_staff: bool
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+
+@pytest.fixture(scope="session")
+def make_user(db_url: str):  # type: ignore[no-untyped-def]
+    """make_user(staff=False) -> a new user with a password and an API token."""
+
+    def make(staff: bool = False, prefix: str = "user") -> User:
+        username = f"{prefix}{next(_names)}_{secrets.token_hex(2)}"
+        password = secrets.token_urlsafe(12)
+        user_id = create_user(db_url, FAST_PASSWORDS, username, password, staff)
+        return User(user_id, username, password, create_token(db_url, username), staff)
+
+    return make
+
+
+@pytest.fixture
+def sql(db_url: str) -> Iterator[psycopg.Connection]:
+    """A separate autocommit psycopg connection: a writer like psql."""
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        yield conn
+
+
+def insert_order(conn: psycopg.Connection, owner_id: int, instrument: str = "ACME",
+                 quantity: str = "10", price: str = "101.5") -> int:
+    row = conn.execute(
+        "INSERT INTO orders (owner_id, instrument, quantity, price) VALUES (%s, %s, %s, %s)"
+        " RETURNING id", (owner_id, instrument, quantity, price)).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+# -- WebSocket helpers --------------------------------------------------------
+
+
+class Socket:
+    """A websockets client with JSON helpers that wait for events, never sleep."""
+
+    def __init__(self, conn: websockets.ClientConnection) -> None:
+        self.conn = conn
+
+    async def send(self, message: dict[str, Any]) -> None:
+        await self.conn.send(json.dumps(message))
+
+    async def recv(self, timeout: float = 5.0) -> dict[str, Any]:
+        return json.loads(await asyncio.wait_for(self.conn.recv(), timeout))
+
+    async def recv_type(self, kind: str, timeout: float = 5.0) -> dict[str, Any]:
+        """The next frame of type `kind`, failing on any other frame first."""
+        frame = await self.recv(timeout)
+        assert frame.get("type") == kind, f"expected a {kind!r} frame, got {frame!r}"
+        return frame
+
+    async def assert_silent(self, timeout: float = 0.3) -> None:
+        """Prove nothing arrives: wait `timeout` for a frame and expect none."""
+        try:
+            frame = await asyncio.wait_for(self.conn.recv(), timeout)
+        except TimeoutError:
+            return
+        raise AssertionError(f"expected no frame, got {frame!r}")
+
+    async def subscribe_orders(self, **extra: Any) -> dict[str, Any]:
+        await self.send({"op": "subscribe", "channel": "orders", **extra})
+        return await self.recv_type("subscribed")
+
+
+@contextlib.asynccontextmanager
+async def open_socket(server: ServerProcess, user: User | None = None,
+                      headers: dict[str, str] | None = None) -> AsyncIterator[Socket]:
+    all_headers = {**(user.auth if user else {}), **(headers or {})}
+    async with websockets.connect(server.ws_url, additional_headers=all_headers,
+                                  open_timeout=5, max_size=2**22) as conn:
+        yield Socket(conn)
+
+
+@pytest.fixture
+async def http(server: ServerProcess) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=server.base_url, timeout=10) as client:
+        yield client
+
+
+async def login(client: httpx.AsyncClient, user: User) -> str:
+    """Log in with the form like a browser; returns the session's CSRF token."""
+    page = await client.get("/login")
+    token = _csrf_from(page.text)
+    response = await client.post("/login", data={"username": user.username,
+                                                 "password": user.password,
+                                                 "csrf_token": token, "next": "/"})
+    assert response.status_code == 303, response.text
+    dashboard = await client.get("/")
+    assert dashboard.status_code == 200
+    return _csrf_from(dashboard.text)
+
+
+def _csrf_from(html: str) -> str:
+    marker = 'name="csrf-token" content="'
+    start = html.index(marker) + len(marker)
+    return html[start:html.index('"', start)]

@@ -1,0 +1,181 @@
+"""Any writer (here: plain SQL on a separate connection, as psql would) reaches the owner's
+socket, and only the sockets allowed to see it."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import psycopg
+
+from tests.conftest import insert_order, open_socket
+
+
+async def test_sql_insert_update_delete_reach_the_owner(server, make_user, sql):
+    alice, bob, staff = make_user(), make_user(), make_user(staff=True)
+    async with (
+        open_socket(server, alice) as alice_ws,
+        open_socket(server, bob) as bob_ws,
+        open_socket(server, staff) as staff_ws,
+    ):
+        subscribed = await alice_ws.subscribe_orders()
+        assert subscribed["channel"] == "orders" and isinstance(subscribed["seq"], int)
+        await bob_ws.subscribe_orders()
+        await staff_ws.subscribe_orders(owner="*")
+
+        order_id = insert_order(sql, alice.id, "ACME", "10", "101.50")
+        inserted = await alice_ws.recv_type("order")
+        assert inserted["op"] == "insert"
+        order = inserted["order"]
+        assert order["id"] == order_id and order["owner_id"] == alice.id
+        assert order["owner"] == alice.username
+        assert (order["quantity"], order["price"]) == ("10", "101.50")  # decimal strings, exact
+        assert order["side"] == "buy" and order["status"] == "new" and order["version"] == 1
+        assert isinstance(inserted["ts"], int | float) and isinstance(inserted["cursor"], str)
+
+        sql.execute("UPDATE orders SET price = 102.25 WHERE id = %s", (order_id,))
+        updated = await alice_ws.recv_type("order")
+        assert updated["op"] == "update" and updated["order"]["price"] == "102.25"
+        assert updated["order"]["version"] == 2
+        assert updated["seq"] > inserted["seq"]
+        assert updated["order"]["updated_at"] >= order["updated_at"]
+
+        sql.execute("DELETE FROM orders WHERE id = %s", (order_id,))
+        deleted = await alice_ws.recv_type("order")
+        assert deleted["op"] == "delete" and deleted["order"]["id"] == order_id
+        assert deleted["seq"] > updated["seq"]
+
+        staff_seen = [await staff_ws.recv_type("order") for _ in range(3)]
+        assert [e["op"] for e in staff_seen] == ["insert", "update", "delete"]
+        assert [e["seq"] for e in staff_seen] == [inserted["seq"], updated["seq"], deleted["seq"]]
+
+        await bob_ws.assert_silent()
+
+
+async def test_rolled_back_write_announces_nothing(server, make_user, db_url):
+    alice = make_user()
+    async with open_socket(server, alice) as ws:
+        await ws.subscribe_orders()
+        with psycopg.connect(db_url) as conn:
+            conn.execute("INSERT INTO orders (owner_id, instrument, quantity, price)"
+                         " VALUES (%s, 'ROLLBACK', 1, 1)", (alice.id,))
+            conn.rollback()
+        await ws.assert_silent(0.5)
+        # The socket is alive: the next committed write arrives.
+        with psycopg.connect(db_url, autocommit=True) as conn:
+            insert_order(conn, alice.id, "AFTER")
+        event = await ws.recv_type("order")
+        assert event["order"]["instrument"] == "AFTER"
+
+
+async def test_two_identical_updates_in_one_transaction_make_two_events(server, make_user, sql,
+                                                                         db_url):
+    alice = make_user()
+    order_id = insert_order(sql, alice.id)
+    async with open_socket(server, alice) as ws:
+        await ws.subscribe_orders()
+        with psycopg.connect(db_url) as conn:
+            conn.execute("UPDATE orders SET price = 5 WHERE id = %s", (order_id,))
+            conn.execute("UPDATE orders SET price = 5 WHERE id = %s", (order_id,))
+            conn.commit()
+        first, second = await ws.recv_type("order"), await ws.recv_type("order")
+        assert first["seq"] != second["seq"]
+        assert (first["order"]["version"], second["order"]["version"]) == (2, 3)
+        await ws.assert_silent()
+
+
+async def test_bulk_update_announces_every_row(server, make_user, sql):
+    alice = make_user()
+    ids = [insert_order(sql, alice.id, f"BULK{i}") for i in range(20)]
+    async with open_socket(server, alice) as ws:
+        await ws.subscribe_orders()
+        sql.execute("UPDATE orders SET status = 'cancelled' WHERE owner_id = %s", (alice.id,))
+        events = [await ws.recv_type("order") for _ in ids]
+        assert sorted(e["order"]["id"] for e in events) == ids
+        assert all(e["order"]["status"] == "cancelled" for e in events)
+        seqs = [e["seq"] for e in events]
+        assert seqs == sorted(seqs)
+
+
+async def test_copy_writes_are_announced(server, make_user, sql):
+    alice = make_user()
+    async with open_socket(server, alice) as ws:
+        await ws.subscribe_orders()
+        with sql.cursor().copy(
+            "COPY orders (owner_id, instrument, quantity, price) FROM STDIN") as copy:
+            copy.write_row((alice.id, "COPIED", "3", "7.125"))
+        event = await ws.recv_type("order")
+        assert event["op"] == "insert"
+        assert (event["order"]["instrument"], event["order"]["price"]) == ("COPIED", "7.125")
+
+
+async def test_oversized_row_is_delivered_complete(server, make_user, sql):
+    alice = make_user()
+    note = "n" * 10_000
+    instrument = "I" * 9_000
+    async with open_socket(server, alice) as ws:
+        await ws.subscribe_orders()
+        row = sql.execute(
+            "INSERT INTO orders (owner_id, instrument, quantity, price, note)"
+            " VALUES (%s, %s, 1, 1, %s) RETURNING id", (alice.id, instrument, note)).fetchone()
+        event = await ws.recv_type("order")
+        assert event["order"]["id"] == row[0]
+        assert event["order"]["note"] == note and event["order"]["instrument"] == instrument
+        sql.execute("DELETE FROM orders WHERE id = %s", (row[0],))
+        gone = await ws.recv_type("order")
+        assert gone["op"] == "delete" and gone["order"]["id"] == row[0]
+
+
+async def test_owner_change_moves_the_order_between_dashboards(server, make_user, sql):
+    alice, bob = make_user(), make_user()
+    order_id = insert_order(sql, alice.id)
+    async with open_socket(server, alice) as alice_ws, open_socket(server, bob) as bob_ws:
+        await alice_ws.subscribe_orders()
+        await bob_ws.subscribe_orders()
+        sql.execute("UPDATE orders SET owner_id = %s WHERE id = %s", (bob.id, order_id))
+        to_bob = await bob_ws.recv_type("order")
+        assert to_bob["order"]["owner_id"] == bob.id and to_bob["order"]["id"] == order_id
+        from_alice = await alice_ws.recv_type("order")
+        assert from_alice["op"] == "delete" and from_alice["order"]["id"] == order_id
+        # Alice learns only that the order left, nothing of its new state.
+        assert set(from_alice["order"]) == {"id", "owner_id", "version"}
+
+
+async def test_staff_may_watch_one_owner(server, make_user, sql):
+    alice, bob, staff = make_user(), make_user(), make_user(staff=True)
+    async with open_socket(server, staff) as ws:
+        subscribed = await ws.subscribe_orders(owner=bob.id)
+        assert subscribed["owner"] == bob.id
+        insert_order(sql, alice.id, "NOT-BOB")
+        insert_order(sql, bob.id, "BOB")
+        event = await ws.recv_type("order")
+        assert event["order"]["instrument"] == "BOB"
+        await ws.assert_silent()
+
+
+async def test_constraints_reject_nonsense_from_sql(make_user, sql):
+    alice = make_user()
+    bad = [
+        ("quantity", "0"), ("quantity", "-1"), ("quantity", "NaN"), ("price", "-0.01"),
+        ("price", "Infinity"), ("side", "hold"), ("status", "lost"),
+    ]
+    for column, value in bad:
+        try:
+            sql.execute(
+                f"INSERT INTO orders (owner_id, instrument, quantity, price, {column})"  # noqa: S608
+                " VALUES (%s, 'X', 1, 1, %s) ON CONFLICT DO NOTHING"
+                if column in ("side", "status") else
+                "INSERT INTO orders (owner_id, instrument, quantity, price) VALUES (%s, 'X', "
+                + ("%s, 1)" if column == "quantity" else "1, %s)"),
+                (alice.id, value if column in ("side", "status") else Decimal(value)),
+            )
+        except psycopg.errors.CheckViolation:
+            continue
+        raise AssertionError(f"{column}={value!r} was accepted")
+
+
+async def test_version_and_updated_at_are_kept_by_the_database(make_user, sql):
+    alice = make_user()
+    order_id = insert_order(sql, alice.id)
+    row = sql.execute("UPDATE orders SET version = 99, quantity = 11 WHERE id = %s"
+                      " RETURNING version, updated_at > created_at", (order_id,)).fetchone()
+    assert row == (2, True)

@@ -1,0 +1,1 @@
+"""The Starlette application: auth, pages, JSON API, WebSocket endpoint, hub."""

@@ -1,0 +1,132 @@
+"""The JSON API over orders: list (plain and DataTables), create, read, update, delete."""
+
+from __future__ import annotations
+
+import json
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from db import queries
+from web.errors import ApiError
+from web.guard import api_user
+from web.listing import datatables_query, plain_query
+from web.order_input import json_object, order_values
+
+FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+
+
+class RawJSONResponse(Response):
+    """JSON assembled from fragments PostgreSQL already encoded; never decoded here."""
+
+    media_type = "application/json"
+
+
+def _order_id(request: Request) -> int:
+    raw = request.path_params["order_id"]
+    try:
+        order_id = int(raw)
+    except ValueError:
+        raise ApiError(404, "not_found", f"no order {raw!r}") from None
+    if not 1 <= order_id <= 2**63 - 1:
+        raise ApiError(404, "not_found", f"no order {raw!r}")
+    return order_id
+
+
+async def _list_params(request: Request) -> dict[str, str]:
+    params = dict(request.query_params)
+    if request.method == "POST":
+        content_type = request.headers.get("content-type", "")
+        if not content_type.startswith(FORM_TYPES):
+            raise ApiError(415, "unsupported_media_type",
+                           "DataTables POST must be form-encoded; create orders with JSON")
+        form = await request.form(max_files=0, max_fields=2000)
+        params.update({k: v for k, v in form.items() if isinstance(v, str)})
+    return params
+
+
+async def list_orders(request: Request) -> Response:
+    user = api_user(request)
+    max_page = request.state.settings.max_page_size
+    params = await _list_params(request) if request.method == "POST" else dict(request.query_params)
+    if params.get("format") == "datatables" or request.method == "POST":
+        draw, query = datatables_query(user, params, max_page)
+        page = await queries.list_orders(request.state.pool, query)
+        data = []
+        for item in page.items_json:
+            order = json.loads(item)
+            data.append({"DT_RowId": f"order-{order['id']}", **order})
+        return JSONResponse({"draw": draw, "recordsTotal": page.total,
+                             "recordsFiltered": page.filtered, "data": data, "seq": page.seq})
+    query = plain_query(user, params, max_page)
+    page = await queries.list_orders(request.state.pool, query)
+    body = (
+        '{"items":[' + ",".join(page.items_json) + "]"
+        f',"total":{page.total},"filtered":{page.filtered},"seq":{page.seq}'
+        f',"limit":{query.limit},"offset":{query.offset}}}'
+    )
+    return RawJSONResponse(body)
+
+
+async def list_orders_post(request: Request) -> Response:
+    """POST /api/orders: JSON creates an order; a form body is a DataTables list request."""
+    content_type = request.headers.get("content-type", "")
+    if content_type.startswith(FORM_TYPES):
+        return await list_orders(request)
+    return await create_order(request)
+
+
+async def create_order(request: Request) -> Response:
+    user = api_user(request)
+    data = await json_object(request)
+    values, _ = order_values(data, creating=True, may_set_owner=user.is_staff)
+    values.setdefault("owner_id", user.id)
+    order = await queries.create_order(request.state.pool, values)
+    return RawJSONResponse(order, status_code=201)
+
+
+async def get_order(request: Request) -> Response:
+    user = api_user(request)
+    order_id = _order_id(request)
+    scope = None if user.is_staff else user.id
+    order = await queries.get_order(request.state.pool, order_id, scope)
+    if order is None:
+        raise ApiError(404, "not_found", f"no order {order_id}")
+    return RawJSONResponse(order)
+
+
+async def update_order(request: Request) -> Response:
+    user = api_user(request)
+    order_id = _order_id(request)
+    data = await json_object(request)
+    values, expected = order_values(data, creating=False, may_set_owner=user.is_staff)
+    scope = None if user.is_staff else user.id
+    pool = request.state.pool
+    order = await queries.update_order(pool, order_id, scope, values, expected)
+    if order is None:
+        current = await queries.order_version(pool, order_id, scope)
+        if current is None:
+            raise ApiError(404, "not_found", f"no order {order_id}")
+        raise ApiError(409, "conflict", f"order {order_id} is at version {current}, not {expected}",
+                       {"version": f"is {current}"})
+    return RawJSONResponse(order)
+
+
+async def delete_order(request: Request) -> Response:
+    user = api_user(request)
+    order_id = _order_id(request)
+    deleted = await queries.delete_order(request.state.pool, order_id,
+                                         None if user.is_staff else user.id)
+    if not deleted:
+        raise ApiError(404, "not_found", f"no order {order_id}")
+    return Response(status_code=204)
+
+
+routes = [
+    Route("/api/orders", list_orders, methods=["GET"]),
+    Route("/api/orders", list_orders_post, methods=["POST"]),
+    Route("/api/orders/{order_id}", get_order, methods=["GET"]),
+    Route("/api/orders/{order_id}", update_order, methods=["PATCH"]),
+    Route("/api/orders/{order_id}", delete_order, methods=["DELETE"]),
+]

@@ -1,0 +1,75 @@
+"""Who is asking: Bearer tokens for programs, the signed session cookie for browsers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from starlette.authentication import AuthCredentials, AuthenticationBackend, BaseUser
+from starlette.requests import HTTPConnection
+from starlette_login.backends import SessionAuthBackend
+from starlette_login.login_manager import LoginManager
+from starlette_login.mixins import AnonymousUser, UserMixin
+
+from db import queries
+
+# scope["auth_method"]: how the current request authenticated; CSRF applies to "session" only.
+AUTH_METHOD = "auth_method"
+
+
+@dataclass(frozen=True)
+class WebUser(UserMixin):
+    id: int
+    username: str
+    is_staff: bool
+
+    @property
+    def identity(self) -> int:
+        return self.id
+
+    @property
+    def display_name(self) -> str:
+        return self.username
+
+    @classmethod
+    def from_db(cls, user: queries.User) -> WebUser:
+        return cls(user.id, user.username, user.is_staff)
+
+
+async def load_user(conn: HTTPConnection, user_id: object) -> WebUser | None:
+    """starlette-login's user loader: the session holds the id, the database the rest."""
+    try:
+        uid = int(str(user_id))
+    except ValueError:
+        return None
+    user = await queries.user_by_id(conn.state.pool, uid)
+    return None if user is None else WebUser.from_db(user)
+
+
+class TokenOrSessionBackend(AuthenticationBackend):
+    """`Authorization: Bearer <token>` when present (and then only that), else the session."""
+
+    def __init__(self, login_manager: LoginManager) -> None:
+        self._session = SessionAuthBackend(login_manager)
+
+    async def authenticate(self, conn: HTTPConnection) -> tuple[AuthCredentials, BaseUser]:
+        header = conn.headers.get("authorization")
+        if header is not None:
+            conn.scope[AUTH_METHOD] = "token"
+            scheme, _, token = header.partition(" ")
+            token = token.strip()
+            if scheme.lower() != "bearer" or not token or len(token) > 200:
+                return AuthCredentials(), AnonymousUser()
+            user = await queries.user_by_token(conn.state.pool, token)
+            if user is None:
+                return AuthCredentials(), AnonymousUser()
+            return AuthCredentials(["authenticated"]), WebUser.from_db(user)
+        conn.scope[AUTH_METHOD] = "session"
+        credentials, user = await self._session.authenticate(conn)
+        if user is None:  # the session names a user who no longer exists
+            return AuthCredentials(), AnonymousUser()
+        return credentials, user
+
+
+def current_user(conn: HTTPConnection) -> WebUser | None:
+    user = conn.scope.get("user")
+    return user if isinstance(user, WebUser) else None

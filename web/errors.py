@@ -1,0 +1,106 @@
+"""The one JSON error shape, the domain error that carries it, and the handlers.
+
+Every error the API returns is {"error": {"code", "message", "fields"?}} with a
+4xx status; database errors are translated here, at the edge.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import asyncpg
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+
+log = logging.getLogger(__name__)
+
+
+class ApiError(Exception):
+    """A request the API refuses, with the status and JSON error to answer."""
+
+    def __init__(self, status: int, code: str, message: str,
+                 fields: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.fields = fields
+
+
+def error_body(code: str, message: str, fields: dict[str, str] | None = None) -> dict[str, Any]:
+    error: dict[str, Any] = {"code": code, "message": message}
+    if fields:
+        error["fields"] = fields
+    return {"error": error}
+
+
+def error_response(status: int, code: str, message: str,
+                   fields: dict[str, str] | None = None,
+                   headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(error_body(code, message, fields), status_code=status, headers=headers)
+
+
+_HTTP_CODES = {
+    400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+    405: "method_not_allowed", 409: "conflict", 413: "too_large", 415: "unsupported_media_type",
+    422: "invalid", 429: "too_many_requests",
+}
+
+# Constraint name -> (field, what was expected), for check violations from any writer.
+_CONSTRAINT_FIELDS = {
+    "orders_quantity_positive": ("quantity", "must be a finite number greater than 0"),
+    "orders_price_not_negative": ("price", "must be a finite number of at least 0"),
+    "orders_side_known": ("side", "must be 'buy' or 'sell'"),
+    "orders_status_known": ("status", "is not a known status"),
+    "orders_instrument_not_blank": ("instrument", "must not be blank"),
+    "orders_owner_id_fkey": ("owner_id", "no such user"),
+    "users_username_format": ("username", "1-64 letters, digits or _ . @ -"),
+    "users_username_key": ("username", "is taken"),
+}
+
+
+def _wants_json(request: Request) -> bool:
+    return request.url.path.startswith("/api/") or "application/json" in request.headers.get(
+        "accept", ""
+    )
+
+
+async def api_error_handler(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return error_response(exc.status, exc.code, exc.message, exc.fields)
+
+
+async def http_error_handler(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if not _wants_json(request):
+        return PlainTextResponse(str(exc.detail), status_code=exc.status_code, headers=exc.headers)
+    code = _HTTP_CODES.get(exc.status_code, "error")
+    return error_response(exc.status_code, code, str(exc.detail), headers=exc.headers)
+
+
+async def database_error_handler(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, asyncpg.PostgresError)
+    constraint = getattr(exc, "constraint_name", None)
+    field = _CONSTRAINT_FIELDS.get(constraint or "")
+    fields = {field[0]: field[1]} if field else None
+    if isinstance(exc, asyncpg.UniqueViolationError):
+        return error_response(409, "conflict", "already exists", fields)
+    if isinstance(exc, asyncpg.ForeignKeyViolationError):
+        if constraint == "orders_owner_id_fkey" and "still referenced" in str(exc):
+            return error_response(409, "conflict", "the user still owns orders")
+        return error_response(422, "invalid", "refers to something that does not exist", fields)
+    if isinstance(exc, asyncpg.CheckViolationError | asyncpg.NotNullViolationError):
+        return error_response(422, "invalid", str(exc).split("\n")[0], fields)
+    if isinstance(exc, asyncpg.DataError):
+        return error_response(422, "invalid", str(exc).split("\n")[0])
+    if isinstance(exc, asyncpg.exceptions.SerializationError | asyncpg.DeadlockDetectedError):
+        return error_response(409, "conflict", "concurrent change, retry")
+    log.exception("database error on %s %s", request.method, request.url.path)
+    return error_response(503, "database_error", "the database could not complete the request")
+
+
+async def unexpected_error_handler(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return error_response(500, "internal_error", "internal error")

@@ -1,0 +1,103 @@
+"""HTML pages: login, logout, the dashboard and the staff admin page."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, RedirectResponse, Response
+from starlette.routing import Route
+from starlette.templating import Jinja2Templates
+from starlette_login.utils import login_user, logout_user
+
+from db import queries
+from web.auth import WebUser, current_user
+from web.csrf import FORM_FIELD, csrf_token, csrf_valid
+
+templates = Jinja2Templates(directory=str(Path(__file__).resolve().parent / "templates"))
+
+
+def _safe_next(value: object) -> str:
+    """Only same-site relative paths: never redirect a login to another host."""
+    if not isinstance(value, str) or not value.startswith("/") or value.startswith("//"):
+        return "/"
+    parts = urlsplit(value)
+    if parts.scheme or parts.netloc or "\\" in value:
+        return "/"
+    return value
+
+
+def _render(request: Request, name: str, status: int = 200, **context: object) -> Response:
+    context.setdefault("user", current_user(request))
+    context["csrf_token"] = csrf_token(request)
+    return templates.TemplateResponse(request, name, context, status_code=status)
+
+
+def _login_redirect(request: Request) -> Response:
+    return RedirectResponse(f"/login?next={request.url.path}", status_code=303)
+
+
+async def dashboard(request: Request) -> Response:
+    if current_user(request) is None:
+        return _login_redirect(request)
+    return _render(request, "dashboard.html")
+
+
+async def admin(request: Request) -> Response:
+    user = current_user(request)
+    if user is None:
+        return _login_redirect(request)
+    if not user.is_staff:
+        return PlainTextResponse("Not Found", status_code=404)
+    return _render(request, "admin.html")
+
+
+async def login_form(request: Request) -> Response:
+    return _render(request, "login.html", next=_safe_next(request.query_params.get("next")),
+                   error=None, username="")
+
+
+async def login(request: Request) -> Response:
+    form = await request.form(max_files=0, max_fields=20)
+    username = str(form.get("username", ""))[:64].strip()
+    password = str(form.get("password", ""))[:256]
+    next_url = _safe_next(form.get("next"))
+    if not csrf_valid(request, str(form.get(FORM_FIELD, ""))):
+        return _render(request, "login.html", status=403, next=next_url, username=username,
+                       error="Your form expired; please try again.")
+    address = request.client.host if request.client else "?"
+    throttle = request.state.login_throttle
+    if throttle.blocked(username, address):
+        return _render(request, "login.html", status=429, next=next_url, username=username,
+                       error="Too many failed attempts; wait a few minutes.")
+    found = await queries.user_with_hash(request.state.pool, username) if username else None
+    password_hash = found[1] if found else None
+    ok = await request.state.passwords.verify_async(password_hash, password)
+    if not ok or found is None:
+        throttle.failed(username, address)
+        return _render(request, "login.html", status=401, next=next_url, username=username,
+                       error="Wrong username or password.")
+    throttle.succeeded(username)
+    # A fresh session on login: nothing from before (CSRF token included) survives.
+    request.session.clear()
+    await login_user(request, WebUser.from_db(found[0]))
+    return RedirectResponse(next_url, status_code=303)
+
+
+async def logout(request: Request) -> Response:
+    form = await request.form(max_files=0, max_fields=20)
+    if current_user(request) is not None and not csrf_valid(request, str(form.get(FORM_FIELD, ""))):
+        return Response("CSRF check failed", status_code=403, media_type="text/plain")
+    await logout_user(request)
+    request.session.clear()
+    return RedirectResponse("/login", status_code=303)
+
+
+routes = [
+    Route("/", dashboard, methods=["GET"]),
+    Route("/admin", admin, methods=["GET"]),
+    Route("/login", login_form, methods=["GET"]),
+    Route("/login", login, methods=["POST"]),
+    Route("/logout", logout, methods=["POST"]),
+]

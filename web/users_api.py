@@ -1,0 +1,109 @@
+"""Staff-only user management: list, create, make staff, reset password, revoke tokens."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from db import queries
+from web.errors import ApiError
+from web.guard import api_user
+from web.order_input import json_object
+
+USERNAME = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
+MIN_PASSWORD = 8
+MAX_PASSWORD = 256
+
+
+def _user_json(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": row["id"],
+        "username": row["username"],
+        "is_staff": row["is_staff"],
+        "created_at": row["created_at"].isoformat().replace("+00:00", "Z"),
+        "tokens": row["tokens"],
+    }
+
+
+def _password(value: Any, problems: dict[str, str]) -> str | None:
+    if not isinstance(value, str) or not MIN_PASSWORD <= len(value) <= MAX_PASSWORD:
+        problems["password"] = f"must be a string of {MIN_PASSWORD}-{MAX_PASSWORD} characters"
+        return None
+    return value
+
+
+def _user_id(request: Request) -> int:
+    raw = request.path_params["user_id"]
+    if not raw.isdigit() or not 1 <= int(raw) <= 2**63 - 1:
+        raise ApiError(404, "not_found", f"no user {raw!r}")
+    return int(raw)
+
+
+async def list_users(request: Request) -> Response:
+    api_user(request, staff=True)
+    rows = await queries.list_users(request.state.pool)
+    return JSONResponse({"items": [_user_json(r) for r in rows]})
+
+
+async def create_user(request: Request) -> Response:
+    api_user(request, staff=True)
+    data = await json_object(request)
+    problems: dict[str, str] = {}
+    for key in data:
+        if key not in ("username", "password", "is_staff"):
+            problems[key] = "unknown field"
+    username = data.get("username")
+    if not isinstance(username, str) or not USERNAME.match(username):
+        problems["username"] = "1-64 letters, digits or _ . @ -"
+    password = _password(data.get("password"), problems)
+    is_staff = data.get("is_staff", False)
+    if not isinstance(is_staff, bool):
+        problems["is_staff"] = "must be true or false"
+    if problems:
+        raise ApiError(422, "invalid", "the user is not valid", problems)
+    assert password is not None
+    password_hash = await request.state.passwords.hash_async(password)
+    row = await queries.create_user(request.state.pool, username, password_hash, is_staff)
+    return JSONResponse(_user_json(row), status_code=201)
+
+
+async def update_user(request: Request) -> Response:
+    api_user(request, staff=True)
+    user_id = _user_id(request)
+    data = await json_object(request)
+    problems: dict[str, str] = {}
+    for key in data:
+        if key not in ("password", "is_staff"):
+            problems[key] = "unknown field"
+    is_staff = data.get("is_staff")
+    if is_staff is not None and not isinstance(is_staff, bool):
+        problems["is_staff"] = "must be true or false"
+    password = _password(data["password"], problems) if "password" in data else None
+    if problems:
+        raise ApiError(422, "invalid", "the change is not valid", problems)
+    password_hash = None if password is None else await request.state.passwords.hash_async(password)
+    row = await queries.update_user(request.state.pool, user_id, is_staff, password_hash)
+    if row is None:
+        raise ApiError(404, "not_found", f"no user {user_id}")
+    return JSONResponse(_user_json(row))
+
+
+async def revoke_tokens(request: Request) -> Response:
+    api_user(request, staff=True)
+    user_id = _user_id(request)
+    if await queries.user_by_id(request.state.pool, user_id) is None:
+        raise ApiError(404, "not_found", f"no user {user_id}")
+    revoked = await queries.revoke_tokens(request.state.pool, user_id)
+    return JSONResponse({"revoked": revoked})
+
+
+routes = [
+    Route("/api/users", list_users, methods=["GET"]),
+    Route("/api/users", create_user, methods=["POST"]),
+    Route("/api/users/{user_id}", update_user, methods=["PATCH"]),
+    Route("/api/users/{user_id}/tokens", revoke_tokens, methods=["DELETE"]),
+]

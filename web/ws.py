@@ -1,0 +1,226 @@
+"""The WebSocket endpoint /ws: authenticate, then speak the subscribe/ping protocol."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from typing import Any
+from urllib.parse import urlsplit
+
+from starlette.routing import WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from web.auth import current_user
+from web.hub import ALL_OWNERS, Hub, OwnerKey, Session
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGE_CHARS = 16 * 1024
+MAX_INSTRUMENTS = 200
+# Token bucket: a client may send RATE_PER_SECOND messages on average, BURST at once.
+RATE_PER_SECOND = 20.0
+BURST = 60
+# After this many refused (rate-limited or oversized) messages the socket is closed.
+MAX_VIOLATIONS = 20
+LISTENER_WAIT_SECONDS = 10.0
+
+
+def _frame(**fields: Any) -> str:
+    return json.dumps(fields)
+
+
+def error_frame(code: str, message: str) -> str:
+    return _frame(type="error", code=code, message=message)
+
+
+def origin_allowed(websocket: WebSocket, allowed: list[str]) -> bool:
+    """Same host:port as the request, or listed in settings; programs send no Origin."""
+    origin = websocket.headers.get("origin")
+    if origin is None:
+        return True
+    if origin.rstrip("/") in (a.rstrip("/") for a in allowed):
+        return True
+    parts = urlsplit(origin)
+    return parts.scheme in ("http", "https") and parts.netloc == websocket.headers.get("host")
+
+
+class _RateLimit:
+    def __init__(self) -> None:
+        self.tokens = float(BURST)
+        self.stamp = time.monotonic()
+
+    def allow(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(BURST, self.tokens + (now - self.stamp) * RATE_PER_SECOND)
+        self.stamp = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True
+        return False
+
+
+class Protocol:
+    """One socket's conversation: parse client frames, change subscriptions, queue answers."""
+
+    def __init__(self, websocket: WebSocket, session: Session) -> None:
+        self.websocket = websocket
+        self.session = session
+        self.state = websocket.state
+        self.hub: Hub = websocket.state.hub
+
+    def reply(self, frame: str) -> None:
+        self.session.offer(frame)
+
+    def error(self, code: str, message: str) -> None:
+        self.reply(error_frame(code, message))
+
+    async def handle_text(self, text: str) -> None:
+        try:
+            message = json.loads(text)
+        except ValueError:
+            self.error("bad_json", "frames must be JSON text")
+            return
+        if not isinstance(message, dict):
+            kind = type(message).__name__
+            self.error("bad_request", f"a frame must be a JSON object, got {kind}")
+            return
+        op = message.get("op")
+        if op == "ping":
+            self.reply(json.dumps({"type": "pong", "id": message.get("id")}))
+        elif op == "subscribe":
+            await self.subscribe(message)
+        elif op == "unsubscribe":
+            self.unsubscribe(message)
+        else:
+            self.error("unknown_op", f"unknown op {op!r}; expected subscribe, unsubscribe or ping")
+
+    async def subscribe(self, message: dict[str, Any]) -> None:
+        channel = message.get("channel")
+        if channel == "orders":
+            await self.subscribe_orders(message)
+        elif channel == "quotes":
+            await self.subscribe_quotes(message)
+        else:
+            self.error("bad_request", f"unknown channel {channel!r}; expected 'orders' or 'quotes'")
+
+    def _owner_key(self, message: dict[str, Any]) -> OwnerKey | None:
+        session = self.session
+        owner = message.get("owner", session.user_id)
+        if owner == ALL_OWNERS:
+            key: OwnerKey = ALL_OWNERS
+        elif isinstance(owner, int) and not isinstance(owner, bool) and owner > 0:
+            key = owner
+        else:
+            self.error("bad_request", f"owner must be a user id or \"*\", got {owner!r}")
+            return None
+        if key != session.user_id and not session.is_staff:
+            self.error("forbidden", "only staff may subscribe to other owners' orders")
+            return None
+        return key
+
+    async def subscribe_orders(self, message: dict[str, Any]) -> None:
+        key = self._owner_key(message)
+        if key is None:
+            return
+        after = message.get("after")
+        if after is not None and not isinstance(after, str | int):
+            self.error("bad_request", f"after must be a cursor from an order event, got {after!r}")
+            return
+        listener = self.state.listener
+        if not await listener.wait_listening(LISTENER_WAIT_SECONDS):
+            self.error("unavailable", "the server is not receiving database events; retry")
+            return
+        # No await between registering and queueing `subscribed`: every event the hub
+        # publishes from here on lands behind it, and the listener is LISTENing.
+        self.hub.subscribe_orders(self.session, key)
+        self.reply(_frame(type="subscribed", channel="orders", owner=key, seq=self.hub.last_seq))
+        if after is not None:
+            # Replay from the change log is not built yet: say plainly that state must be reloaded.
+            self.reply(_frame(type="resync", reason="replay unavailable"))
+
+    async def subscribe_quotes(self, message: dict[str, Any]) -> None:
+        instruments = message.get("instruments")
+        if (
+            not isinstance(instruments, list)
+            or not 0 < len(instruments) <= MAX_INSTRUMENTS
+            or not all(isinstance(i, str) and 0 < len(i) <= 64 for i in instruments)
+        ):
+            self.error("bad_request",
+                       f"instruments must be a list of 1-{MAX_INSTRUMENTS} instrument names")
+            return
+        wanted = frozenset(instruments)
+        self.hub.subscribe_quotes(self.session, wanted)
+        self.reply(_frame(type="subscribed", channel="quotes", instruments=sorted(wanted)))
+        for frame in await self.state.quote_snapshot(sorted(wanted)):
+            self.reply(frame)
+
+    def unsubscribe(self, message: dict[str, Any]) -> None:
+        channel = message.get("channel")
+        if channel == "orders":
+            self.hub.unsubscribe_orders(self.session)
+        elif channel == "quotes":
+            self.hub.unsubscribe_quotes(self.session)
+        else:
+            self.error("bad_request", f"unknown channel {channel!r}; expected 'orders' or 'quotes'")
+            return
+        self.reply(_frame(type="unsubscribed", channel=channel))
+
+
+async def _send_loop(websocket: WebSocket, session: Session) -> None:
+    counters = session.counters
+    while True:
+        frame = await session.queue.get()
+        await websocket.send_text(frame)
+        counters.frames_sent += 1
+
+
+async def websocket_endpoint(websocket: WebSocket) -> None:
+    user = current_user(websocket)
+    if user is None:
+        await websocket.close(code=1008, reason="authentication required")
+        return
+    if not origin_allowed(websocket, websocket.state.settings.allowed_origins):
+        await websocket.close(code=1008, reason="origin not allowed")
+        return
+    await websocket.accept()
+    hub: Hub = websocket.state.hub
+    session = hub.open_session(user.id, user.is_staff)
+    protocol = Protocol(websocket, session)
+    sender = asyncio.create_task(_send_loop(websocket, session), name=f"ws-send-{user.id}")
+    limit = _RateLimit()
+    violations = 0
+    try:
+        while not sender.done():
+            message = await websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                break
+            text = message.get("text")
+            if text is None:
+                protocol.error("bad_request", "binary frames are not supported; send JSON text")
+                violations += 1
+            elif len(text) > MAX_MESSAGE_CHARS:
+                protocol.error("too_large", f"frames are limited to {MAX_MESSAGE_CHARS} characters")
+                violations += 1
+            elif not limit.allow():
+                protocol.error("rate_limited", f"at most {RATE_PER_SECOND:g} messages per second")
+                violations += 1
+            else:
+                await protocol.handle_text(text)
+            if violations > MAX_VIOLATIONS:
+                await asyncio.sleep(0)  # let the sender flush the last error frame first
+                await websocket.close(code=1008, reason="too many refused messages")
+                break
+    except WebSocketDisconnect:
+        pass
+    finally:
+        hub.close_session(session)
+        sender.cancel()
+        with contextlib.suppress(asyncio.CancelledError, WebSocketDisconnect, RuntimeError,
+                                 OSError):
+            await sender
+
+
+routes = [WebSocketRoute("/ws", websocket_endpoint)]
