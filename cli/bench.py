@@ -1,0 +1,213 @@
+"""python server.py bench: commit-to-socket latency, burst throughput, fan-out, writer cost.
+
+It starts a real server process on a free port against the database in use,
+makes its own user and orders, writes through plain SQL (as any writer would)
+and times the frames that arrive on real WebSocket connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import psycopg
+import websockets
+
+import config
+from cli.users import create_token, create_user
+from web.passwords import Passwords
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _now_ms() -> float:
+    return time.time() * 1000
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def _summary(values: list[float]) -> str:
+    return (f"p50 {_pct(values, 0.50):7.3f} ms   p99 {_pct(values, 0.99):7.3f} ms   "
+            f"max {max(values):7.3f} ms   (n={len(values)})")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _start_server(url: str, settings: config.Settings) -> tuple[subprocess.Popen[bytes], int]:
+    port = _free_port()
+    env = {**os.environ, "DATABASE_URL": url, "ORDERSTREAM_LOG_LEVEL": "warning",
+           "ORDERSTREAM_DATA_DIR": str(settings.data_path)}
+    command = [sys.executable, str(ROOT / "server.py"), "serve", "--port", str(port)]
+    proc = subprocess.Popen(command, cwd=ROOT, env=env)  # noqa: S603 (our own fixed argv)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                return proc, port
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    proc.terminate()
+    raise RuntimeError("the bench server did not start")
+
+
+async def _socket(port: int, token: str) -> websockets.ClientConnection:
+    ws = await websockets.connect(f"ws://127.0.0.1:{port}/ws",
+                                  additional_headers={"Authorization": f"Bearer {token}"},
+                                  max_size=2**24)
+    await ws.send(json.dumps({"op": "subscribe", "channel": "orders"}))
+    frame = json.loads(await ws.recv())
+    assert frame["type"] == "subscribed", frame
+    return ws
+
+
+async def _next_order(ws: websockets.ClientConnection) -> tuple[dict, float]:
+    while True:
+        frame = json.loads(await asyncio.wait_for(ws.recv(), 10))
+        if frame.get("type") == "order":
+            return frame, _now_ms()
+
+
+async def _latency(db: psycopg.AsyncConnection, ws: websockets.ClientConnection,
+                   order_id: int, updates: int) -> tuple[list[float], list[float]]:
+    """Per update: trigger ts -> frame received, and execute() start -> frame received."""
+    from_trigger, round_trip = [], []
+    for i in range(updates):
+        started = _now_ms()
+        await db.execute("UPDATE orders SET price = %s WHERE id = %s", (100 + i % 50, order_id))
+        frame, received = await _next_order(ws)
+        from_trigger.append(received - frame["ts"])
+        round_trip.append(received - started)
+    return from_trigger, round_trip
+
+
+async def _fanout(db: psycopg.AsyncConnection, sockets: list[websockets.ClientConnection],
+                  order_id: int, updates: int) -> list[float]:
+    """Per update: trigger ts -> the last of all sockets received it."""
+    spans = []
+    for i in range(updates):
+        await db.execute("UPDATE orders SET quantity = %s WHERE id = %s", (1 + i % 9, order_id))
+        results = await asyncio.gather(*(_next_order(ws) for ws in sockets))
+        spans.append(max(received for _, received in results) - results[0][0]["ts"])
+    return spans
+
+
+async def _burst(db: psycopg.AsyncConnection, ws: websockets.ClientConnection,
+                 owner_id: int, rows: int, rounds: int) -> tuple[int, float]:
+    """Update `rows` orders in one statement, `rounds` times; first commit to last frame."""
+    started = time.perf_counter()
+    for _ in range(rounds):
+        await db.execute("UPDATE orders SET status = CASE status WHEN 'new' THEN 'filled'"
+                         " ELSE 'new' END WHERE owner_id = %s", (owner_id,))
+    total = rows * rounds
+    for _ in range(total):
+        await _next_order(ws)
+    return total, time.perf_counter() - started
+
+
+async def _writer_cost(db: psycopg.AsyncConnection, order_id: int, updates: int
+                       ) -> tuple[float, float]:
+    """Seconds for `updates` single-row autocommit updates with and without user triggers."""
+
+    async def timed() -> float:
+        started = time.perf_counter()
+        for i in range(updates):
+            await db.execute("UPDATE orders SET price = %s WHERE id = %s", (200 + i % 7, order_id))
+        return time.perf_counter() - started
+
+    with_triggers = await timed()
+    # Replica role skips ordinary triggers for this session only (needs superuser).
+    await db.execute("SET session_replication_role = replica")
+    try:
+        without = await timed()
+    finally:
+        await db.execute("SET session_replication_role = origin")
+    return with_triggers, without
+
+
+async def _run(url: str, port: int, token: str, owner_id: int, order_ids: list[int],
+               updates: int, burst: int, clients: int) -> None:
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as db:
+        ws = await _socket(port, token)
+        extra = [await _socket(port, token) for _ in range(clients)]
+        try:
+            # Warm-up: connections, plans, JIT of nothing, caches.
+            await _latency(db, ws, order_ids[0], 50)
+            for other in extra:
+                while True:
+                    try:
+                        await asyncio.wait_for(other.recv(), 0.2)
+                    except TimeoutError:
+                        break
+            from_trigger, round_trip = await _latency(db, ws, order_ids[0], updates)
+            print(f"commit-to-socket, {updates} single-row updates (1 socket)")
+            print(f"  trigger ts -> frame received    {_summary(from_trigger)}")
+            print(f"  UPDATE sent -> frame received   {_summary(round_trip)}")
+
+            fan_updates = max(50, updates // 5)
+            sockets = [ws, *extra]
+            spans = await _fanout(db, sockets, order_ids[1], fan_updates)
+            print(f"fan-out to {len(sockets)} sockets of one owner, {fan_updates} updates")
+            print(f"  trigger ts -> last socket       {_summary(spans)}")
+            ratio = _pct(spans, 0.5) / _pct(from_trigger, 0.5)
+            print(f"  ratio p50 fan-out / p50 single  {ratio:.2f}")
+
+            rounds = max(1, burst // len(order_ids))
+            for other in extra:
+                await other.close()
+            extra = []
+            total, seconds = await _burst(db, ws, owner_id, len(order_ids), rounds)
+            print(f"burst: {total} events from {rounds} multi-row UPDATEs of {len(order_ids)} rows")
+            print(f"  {seconds:.3f} s to the last frame = {total / seconds:,.0f} events/s")
+
+            with_t, without_t = await _writer_cost(db, order_ids[2], updates)
+            print(f"writer cost, {updates} single-row autocommit UPDATEs")
+            print(f"  with triggers    {with_t * 1e6 / updates:8.1f} us/update")
+            print(f"  without          {without_t * 1e6 / updates:8.1f} us/update")
+            print(f"  ratio            {with_t / without_t:.2f}")
+        finally:
+            await ws.close()
+            for other in extra:
+                await other.close()
+
+
+def run_bench(url: str, settings: config.Settings, updates: int, burst: int, clients: int) -> int:
+    username = f"bench_{secrets.token_hex(4)}"
+    owner_id = create_user(url, Passwords(1, 8192), username, secrets.token_urlsafe(16), False)
+    token = create_token(url, username)
+    with psycopg.connect(url, autocommit=True) as conn:
+        rows = conn.execute(
+            "INSERT INTO orders (owner_id, instrument, quantity, price)"
+            " SELECT %s, 'BENCH' || g, 1, 100 FROM generate_series(1, 1000) g RETURNING id",
+            (owner_id,)).fetchall()
+    order_ids = [r[0] for r in rows]
+    proc, port = _start_server(url, settings)
+    print(f"orderstream bench: server pid {proc.pid} on port {port}, database "
+          f"{'embedded' if not settings.database_url else 'DATABASE_URL'}, "
+          f"{os.cpu_count()} CPUs")
+    try:
+        asyncio.run(_run(url, port, token, owner_id, order_ids, updates, burst, clients))
+    finally:
+        proc.terminate()
+        proc.wait(15)
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("DELETE FROM orders WHERE owner_id = %s", (owner_id,))
+            conn.execute("DELETE FROM users WHERE id = %s", (owner_id,))
+    return 0
