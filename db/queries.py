@@ -182,9 +182,13 @@ async def list_orders(db: Executor, query: OrderQuery) -> OrderPage:
     scope = "TRUE" if query.owner_id is None else f"o.owner_id = {arg(query.owner_id)}"
     filters: list[str] = []
     for word in query.words:
+        if not query.search_columns:
+            # No column to match: nothing does. (An unused $n would leave its type unknown.)
+            filters.append("FALSE")
+            continue
         placeholder = arg(_like(word))
         alternatives = [f"{SEARCH_COLUMNS[c]} ILIKE {placeholder}" for c in query.search_columns]
-        filters.append("(" + " OR ".join(alternatives or ["FALSE"]) + ")")
+        filters.append("(" + " OR ".join(alternatives) + ")")
     for column, value in query.column_filters:
         filters.append(f"{SEARCH_COLUMNS[column]} ILIKE {arg(_like(value))}")
     where_filtered = " AND ".join([scope, *filters])

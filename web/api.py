@@ -25,10 +25,11 @@ class RawJSONResponse(Response):
 
 def _order_id(request: Request) -> int:
     raw = request.path_params["order_id"]
-    try:
-        order_id = int(raw)
-    except ValueError:
-        raise ApiError(404, "not_found", f"no order {raw!r}") from None
+    # Plain ASCII digits only: int() would also take "+7", " 7", "7_0" and Arabic-Indic
+    # digits (and refuses more than 4300 digits).
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 20:
+        raise ApiError(404, "not_found", f"no order {raw!r}")
+    order_id = int(raw)
     if not 1 <= order_id <= 2**63 - 1:
         raise ApiError(404, "not_found", f"no order {raw!r}")
     return order_id

@@ -38,7 +38,10 @@ def _password(value: Any, problems: dict[str, str]) -> str | None:
 
 def _user_id(request: Request) -> int:
     raw = request.path_params["user_id"]
-    if not raw.isdigit() or not 1 <= int(raw) <= 2**63 - 1:
+    # isascii: str.isdigit() also accepts digits such as "²" that int() refuses, and int()
+    # refuses more than 4300 digits.
+    if (not (raw.isascii() and raw.isdigit()) or len(raw) > 20
+            or not 1 <= int(raw) <= 2**63 - 1):
         raise ApiError(404, "not_found", f"no user {raw!r}")
     return int(raw)
 
