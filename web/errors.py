@@ -62,7 +62,8 @@ _CONSTRAINT_FIELDS = {
 
 
 def _wants_json(request: Request) -> bool:
-    return request.url.path.startswith("/api/") or "application/json" in request.headers.get(
+    path = request.url.path
+    return path == "/api" or path.startswith("/api/") or "application/json" in request.headers.get(
         "accept", ""
     )
 

@@ -14,6 +14,7 @@ MAX_OFFSET = 10**9
 MAX_QUERY_CHARS = 200
 MAX_WORDS = 10
 MAX_DT_COLUMNS = 50
+_INTEGER = re.compile(r"-?[0-9]{1,18}")
 _DT_KEY = re.compile(r"^(columns|order)\[(\d{1,4})\]\[(\w+)\](?:\[(\w+)\])?$")
 
 
@@ -21,11 +22,11 @@ def _int(params: Mapping[str, str], name: str, default: int, low: int, high: int
     raw = params.get(name)
     if raw is None or raw == "":
         return default
-    try:
-        value = int(raw)
-    except ValueError:
+    # Plain digits only: int() would also take " 5", "+5" and "1_0".
+    if not _INTEGER.fullmatch(raw):
         raise ApiError(400, "bad_request", f"{name} must be an integer, got {raw!r}",
-                       {name: "must be an integer"}) from None
+                       {name: "must be an integer"})
+    value = int(raw)
     if not low <= value <= high:
         raise ApiError(400, "bad_request", f"{name} must be between {low} and {high}, got {value}",
                        {name: f"must be between {low} and {high}"})
@@ -36,6 +37,9 @@ def _words(text: str, field: str = "q") -> tuple[str, ...]:
     if len(text) > MAX_QUERY_CHARS:
         raise ApiError(400, "bad_request", f"{field} is longer than {MAX_QUERY_CHARS} characters",
                        {field: f"at most {MAX_QUERY_CHARS} characters"})
+    if "\x00" in text:  # PostgreSQL text cannot hold it: refuse here, naming the field
+        raise ApiError(400, "bad_request", f"{field} must not contain NUL characters",
+                       {field: "must not contain NUL characters"})
     words = tuple(text.split())
     if len(words) > MAX_WORDS:
         raise ApiError(400, "bad_request", f"{field} has more than {MAX_WORDS} words",
