@@ -34,6 +34,7 @@ class Settings:
     listener_queue_size: int = 20000
     max_page_size: int = 1000
     change_log_retention_hours: float = 24.0
+    max_replay_events: int = 50000
     argon2_time_cost: int = 3
     argon2_memory_cost_kib: int = 65536
     login_max_failures: int = 10

@@ -2,10 +2,12 @@
 
 The notification callback is synchronous and tiny: it puts the raw payload on a
 bounded queue and returns. The pump task takes payloads in arrival order (which
-is commit order), fetches oversized frames from order_changes, and publishes
-them to the hub. When the connection is lost the listener reconnects with capped
-exponential backoff, re-LISTENs and reports the gap, because notifications
-sent while nobody listened are gone.
+is commit order), fetches oversized frames from order_changes, stamps each with
+the stream's cursor (db/position.py) and publishes it to the hub. When the
+connection is lost (termination callback, or a failed health query) the listener
+reconnects with capped exponential backoff and re-LISTENs; notifications sent
+while nobody listened are gone, so the pump replays them from the change log
+itself, and only falls back to `resync` when the log cannot cover the gap.
 """
 
 from __future__ import annotations
@@ -20,6 +22,9 @@ from typing import Protocol
 
 import asyncpg
 
+from db.position import Position, with_cursor
+from db.queries import Change
+
 log = logging.getLogger(__name__)
 
 ORDERS_CHANNEL = "orders"
@@ -29,11 +34,16 @@ Notification = tuple[str, str] | None
 
 
 class OrderSink(Protocol):
-    def publish_order(self, seq: int, owner_id: int, old_owner_id: int | None, frame: str) -> None:
-        ...
+    cursor: str
 
-    def publish_quote(self, instrument: str, frame: str) -> None:
-        ...
+    def publish_order(self, seq: int, txn: int, owner_id: int, old_owner_id: int | None,
+                      frame: str) -> None: ...
+
+    def publish_quote(self, instrument: str, frame: str) -> None: ...
+
+    def advance_watermark(self, watermark: int) -> None: ...
+
+    def resync_all(self, reason: str) -> None: ...
 
 
 class Listener:
@@ -44,7 +54,7 @@ class Listener:
         url: str,
         sink: OrderSink,
         fetch_frame: Callable[[int], Awaitable[str | None]],
-        on_gap: Callable[[str], Awaitable[None]],
+        replay: Callable[[Position], Awaitable[list[Change] | None]],
         queue_size: int = 20000,
         health_interval: float = 1.0,
         max_backoff: float = 5.0,
@@ -52,18 +62,24 @@ class Listener:
         self._url = url
         self._sink = sink
         self._fetch_frame = fetch_frame
-        self._on_gap = on_gap
+        self._replay = replay
+        # What the hub has been given so far; events carry it as their cursor.
+        self.position = Position()
+        # Transactions the last gap replay delivered: their live notifications are repeats.
+        self._replayed: set[int] = set()
         self._queue: asyncio.Queue[Notification] = asyncio.Queue(maxsize=queue_size)
         self._health_interval = health_interval
         self._max_backoff = max_backoff
         self._conn: asyncpg.Connection | None = None
         self._lost = asyncio.Event()
-        self._overflowed = False
+        self.dropped = 0
         self._tasks: list[asyncio.Task[None]] = []
         self.listening = asyncio.Event()
         self.reconnects = 0
+        self.replays = 0
         self.notifications = 0
         self.last_loss_detected_at: float | None = None
+        self.last_recovered_at: float | None = None
 
     @property
     def backend_pid(self) -> int | None:
@@ -72,6 +88,11 @@ class Listener:
     async def start(self, timeout: float = 30.0) -> None:
         """Connect and LISTEN; returns once listening (raises if that fails within `timeout`)."""
         await asyncio.wait_for(self._connect(), timeout)
+        assert self._conn is not None
+        watermark = await self._conn.fetchval(
+            "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
+        self.position = Position(watermark)
+        self._sink.cursor = self.position.cursor()
         self._tasks = [
             asyncio.create_task(self._pump(), name="listener-pump"),
             asyncio.create_task(self._supervise(), name="listener-supervisor"),
@@ -96,7 +117,8 @@ class Listener:
     # -- connection ---------------------------------------------------------
 
     async def _connect(self) -> None:
-        conn = await asyncpg.connect(self._url)
+        conn = await asyncpg.connect(
+            self._url, server_settings={"application_name": "orderstream-listener"})
         conn.add_termination_listener(self._on_terminated)
         await conn.add_listener(ORDERS_CHANNEL, self._on_notification)
         await conn.add_listener(QUOTES_CHANNEL, self._on_notification)
@@ -125,6 +147,9 @@ class Listener:
             self.last_loss_detected_at = time.monotonic()
             self.listening.clear()
             self._lost.set()
+            # The gap starts here, before anything the next connection hears: events
+            # after the marker must not advance the position past what was missed.
+            self._enqueue(None)
 
     async def _supervise(self) -> None:
         """Detect a dead connection (termination callback or failed health query) and reconnect."""
@@ -146,8 +171,6 @@ class Listener:
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, self._max_backoff)
             self.reconnects += 1
-            # Everything before this marker was received; what follows is after the gap.
-            self._enqueue(None)
 
     async def _healthy(self) -> bool:
         conn = self._conn
@@ -168,20 +191,24 @@ class Listener:
         try:
             self._queue.put_nowait(item)
         except asyncio.QueueFull:
-            # The pump fell behind: what no longer fits is lost; say so once it catches up.
-            self._overflowed = True
+            # The pump fell behind. Drop everything not yet published and mark a gap: the
+            # pump replays it all from the change log, in order.
+            self.dropped += self._queue.qsize() + (item is not None)
+            while not self._queue.empty():
+                self._queue.get_nowait()
+            self._queue.put_nowait(None)
 
     async def _pump(self) -> None:
         while True:
             item = await self._queue.get()
             try:
                 if item is None:
-                    await self._on_gap("listener reconnected")
+                    # Replay only once LISTENing again: whatever commits after the replay's
+                    # snapshot is then sure to be heard.
+                    await self.listening.wait()
+                    await self._recover("gap in notifications")
                 else:
                     await self._dispatch(*item)
-                if self._overflowed and self._queue.empty():
-                    self._overflowed = False
-                    await self._on_gap("listener overflow")
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -193,14 +220,51 @@ class Listener:
             quote = json.loads(payload)
             self._sink.publish_quote(quote["instrument"], payload)
             return
-        seq_text, owner_text, old_owner_text, frame = payload.split(" ", 3)
-        seq = int(seq_text)
+        header_and_frame = payload.split(" ", 5)
+        seq_text, xid_text, watermark_text, owner_text, old_owner_text, frame = header_and_frame
+        seq, xid = int(seq_text), int(xid_text)
+        if self._replayed and xid in self._replayed:
+            return
         if not frame:
             fetched = await self._fetch_frame(seq)
             if fetched is None:
                 log.error("oversized event %s is no longer in order_changes", seq)
-                await self._on_gap("event expired")
+                self._sink.resync_all("event expired")
                 return
             frame = fetched
         old_owner = None if old_owner_text == "-" else int(old_owner_text)
-        self._sink.publish_order(seq, int(owner_text), old_owner, frame)
+        self._publish(seq, xid, int(watermark_text), int(owner_text), old_owner, frame)
+
+    def _publish(self, seq: int, xid: int, watermark: int, owner_id: int,
+                 old_owner_id: int | None, frame: str) -> None:
+        position = self.position
+        before = position.watermark
+        position.advance(xid, watermark)
+        cursor = position.cursor()
+        self._sink.publish_order(seq, xid, owner_id, old_owner_id, with_cursor(frame, cursor))
+        self._sink.cursor = cursor
+        if position.watermark != before:
+            self._sink.advance_watermark(position.watermark)
+            if self._replayed:
+                self._replayed = {x for x in self._replayed if x >= position.watermark}
+
+    async def _recover(self, reason: str) -> None:
+        """Deliver from the change log what the stream missed; resync only if it can't."""
+        started = time.monotonic()
+        try:
+            changes = await self._replay(self.position)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning("replay after %s failed: %s", reason, exc)
+            changes = None
+        if changes is None:
+            log.warning("%s: the change log cannot cover the gap; sending resync", reason)
+            self._sink.resync_all(reason)
+            return
+        for change in changes:
+            self._publish(change.seq, change.xid, self.position.watermark, change.owner_id,
+                          change.old_owner_id, change.frame)
+        self._replayed = {change.xid for change in changes}
+        self.replays += 1
+        self.last_recovered_at = time.monotonic()
+        log.info("%s: replayed %d missed events in %.1f ms", reason, len(changes),
+                 (self.last_recovered_at - started) * 1000)

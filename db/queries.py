@@ -8,6 +8,7 @@ columns), never of input text.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -270,3 +271,63 @@ async def order_version(db: Executor, order_id: int, owner_id: int | None) -> in
 
 async def change_frame(db: Executor, seq: int) -> str | None:
     return await db.fetchval("SELECT frame FROM order_changes WHERE seq = $1", seq)
+
+
+# -- change log -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Change:
+    seq: int
+    xid: int
+    owner_id: int
+    old_owner_id: int | None
+    frame: str  # without its cursor
+
+
+async def current_watermark(db: Executor) -> int:
+    """The xmin of a fresh snapshot: every transaction below it has finished."""
+    return await db.fetchval("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
+
+
+async def changes_since(pool: asyncpg.Pool, watermark: int, covered: Callable[[int], bool],
+                        owner_id: int | None, limit: int) -> list[Change] | None:
+    """Committed changes of transactions at or above `watermark` that `covered` does not
+    cover, in (xid, seq) order; for one owner (also as the previous owner) or, with
+    None, for all. None when the log no longer reaches back that far or the gap holds
+    more than `limit` changes: the caller must resync instead."""
+    async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read",
+                                                        readonly=True):
+        horizon = await conn.fetchval(
+            "SELECT pruned_xid::text::bigint FROM order_changes_horizon")
+        if horizon and watermark <= horizon:
+            return None
+        rows = await conn.fetch(
+            "SELECT seq, xid::text::bigint AS xid, owner_id, old_owner_id, frame"
+            " FROM order_changes WHERE xid >= $1::text::xid8"
+            " AND ($2::bigint IS NULL OR owner_id = $2 OR old_owner_id = $2)"
+            " ORDER BY xid, seq LIMIT $3",
+            str(watermark), owner_id, limit + 1,
+        )
+    changes = [Change(r["seq"], r["xid"], r["owner_id"], r["old_owner_id"], r["frame"])
+               for r in rows if not covered(r["xid"])]
+    if len(rows) > limit:
+        return None
+    return changes
+
+
+async def prune_changes(pool: asyncpg.Pool, older_than_seconds: float) -> int:
+    """Delete change-log rows past retention (one process at a time); returns how many."""
+    async with pool.acquire() as conn, conn.transaction():
+        if not await conn.fetchval("SELECT pg_try_advisory_xact_lock(7363, 1)"):
+            return 0
+        row = await conn.fetchrow(
+            "WITH gone AS (DELETE FROM order_changes"
+            "  WHERE created_at < now() - make_interval(secs => $1) RETURNING xid)"
+            " SELECT count(*) AS n, max(xid)::text AS newest FROM gone", older_than_seconds)
+        if row["n"]:
+            await conn.execute(
+                "UPDATE order_changes_horizon"
+                " SET pruned_xid = greatest(pruned_xid, $1::text::xid8)",
+                row["newest"])
+        return row["n"]

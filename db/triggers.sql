@@ -2,12 +2,15 @@
 -- event. Re-applied by every `migrate`: keep it idempotent.
 --
 -- Notification payload on channel 'orders' (internal to orderstream):
---     "<seq> <owner_id> <old_owner_id or -> <frame>"
--- where <frame> is the exact WebSocket text frame for the event, so the server
--- routes by the header and never re-encodes the order. When the payload would
--- pass NOTIFY's 8000-byte limit the frame is left empty and the server reads it
--- from order_changes by seq. NOTIFY is transactional: a rolled-back write
--- announces nothing, and notifications arrive in commit order.
+--     "<seq> <xid> <watermark> <owner_id> <old_owner_id or -> <frame>"
+-- <frame> is the WebSocket text frame for the event but for its "cursor", which the
+-- server appends (it depends on what the stream has delivered, see db/position.py);
+-- the server routes by the header and never re-encodes the order. <xid> is the
+-- writing transaction, <watermark> the xmin of its snapshot: every transaction below
+-- it had finished before this one could commit. When the payload would pass
+-- NOTIFY's 8000-byte limit the frame is left empty and the server reads it from
+-- order_changes by seq. NOTIFY is transactional: a rolled-back write announces
+-- nothing, and notifications arrive in commit order.
 
 -- One order as the JSON the API and the stream share (numbers as decimal strings,
 -- timestamps in UTC).
@@ -79,12 +82,13 @@ BEGIN
         'op', lower(TG_OP),
         'seq', seq,
         'ts', orderstream_now_ms(),
-        'cursor', seq::text,
         'order', orderstream_order_json(r, owner_name)
     )::text;
     INSERT INTO order_changes (seq, owner_id, old_owner_id, frame)
     VALUES (seq, r.owner_id, old_owner_id, frame);
-    header := seq || ' ' || r.owner_id || ' ' || coalesce(old_owner_id::text, '-') || ' ';
+    header := seq || ' ' || pg_current_xact_id() || ' '
+        || pg_snapshot_xmin(pg_current_snapshot()) || ' '
+        || r.owner_id || ' ' || coalesce(old_owner_id::text, '-') || ' ';
     IF octet_length(header) + octet_length(frame) < 8000 THEN
         PERFORM pg_notify('orders', header || frame);
     ELSE

@@ -161,7 +161,7 @@ async def test_constraints_reject_nonsense_from_sql(make_user, sql):
     for column, value in bad:
         try:
             sql.execute(
-                f"INSERT INTO orders (owner_id, instrument, quantity, price, {column})"  # noqa: S608
+                f"INSERT INTO orders (owner_id, instrument, quantity, price, {column})"
                 " VALUES (%s, 'X', 1, 1, %s) ON CONFLICT DO NOTHING"
                 if column in ("side", "status") else
                 "INSERT INTO orders (owner_id, instrument, quantity, price) VALUES (%s, 'X', "

@@ -28,8 +28,8 @@ def test_routes_by_owner_and_to_staff_watchers():
     hub.subscribe_orders(staff_all, ALL_OWNERS)
     hub.subscribe_orders(staff_bob, 2)
 
-    hub.publish_order(1, 1, None, frame(1, 1))
-    hub.publish_order(2, 2, None, frame(2, 2))
+    hub.publish_order(1, 1, 1, None, frame(1, 1))
+    hub.publish_order(2, 2, 2, None, frame(2, 2))
 
     assert [f["seq"] for f in drain(alice)] == [1]
     assert [f["seq"] for f in drain(bob)] == [2]
@@ -44,7 +44,7 @@ def test_the_same_frame_object_goes_to_every_session():
     for s in sessions:
         hub.subscribe_orders(s, 1)
     text = frame(1, 1)
-    hub.publish_order(1, 1, None, text)
+    hub.publish_order(1, 1, 1, None, text)
     assert all(s.queue.get_nowait() is text for s in sessions)  # encoded once, shared
 
 
@@ -53,7 +53,7 @@ def test_owner_change_sends_a_bare_delete_to_the_old_owner():
     old, new = hub.open_session(1, False), hub.open_session(2, False)
     hub.subscribe_orders(old, 1)
     hub.subscribe_orders(new, 2)
-    hub.publish_order(5, 2, 1, frame(5, 2, order_id=7, version=3))
+    hub.publish_order(5, 5, 2, 1, frame(5, 2, order_id=7, version=3))
     assert drain(new)[0]["order"]["owner_id"] == 2
     gone = drain(old)
     assert gone == [{"type": "order", "op": "delete", "seq": 5, "ts": 1.5, "cursor": "5",
@@ -66,11 +66,11 @@ def test_overflow_drops_the_backlog_and_asks_for_resync():
     hub.subscribe_orders(slow, 1)
     hub.subscribe_orders(fast, 1)
     for seq in range(1, 5):
-        hub.publish_order(seq, 1, None, frame(seq, 1))
+        hub.publish_order(seq, seq, 1, None, frame(seq, 1))
         fast.queue.get_nowait()  # the fast one keeps up
     assert drain(slow) == [{"type": "resync", "reason": "overflow"}]
     assert hub.counters.frames_dropped == 4
-    hub.publish_order(5, 1, None, frame(5, 1))
+    hub.publish_order(5, 5, 1, None, frame(5, 1))
     assert [f["seq"] for f in drain(slow)] == [5]  # still subscribed afterwards
 
 
@@ -80,7 +80,7 @@ def test_unsubscribe_and_close_remove_every_route():
     hub.subscribe_orders(s, 1)
     hub.subscribe_quotes(s, frozenset({"ACME"}))
     hub.close_session(s)
-    hub.publish_order(1, 1, None, frame(1, 1))
+    hub.publish_order(1, 1, 1, None, frame(1, 1))
     hub.publish_quote("ACME", '{"type":"quote"}')
     assert drain(s) == []
     assert hub.sessions == set() and not hub._by_owner and not hub._by_instrument
@@ -91,7 +91,7 @@ def test_resubscribing_replaces_the_previous_owner():
     s = hub.open_session(9, True)
     hub.subscribe_orders(s, 1)
     hub.subscribe_orders(s, ALL_OWNERS)
-    hub.publish_order(1, 1, None, frame(1, 1))
+    hub.publish_order(1, 1, 1, None, frame(1, 1))
     assert len(drain(s)) == 1  # once, not twice
 
 

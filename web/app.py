@@ -3,6 +3,7 @@ that owns the pool, the hub and the listener."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -26,6 +27,7 @@ import config
 from db import queries
 from db.listener import Listener
 from db.pool import create_pool
+from db.position import Position
 from web import api, openapi, ops, pages, users_api, ws
 from web.auth import TokenOrSessionBackend, load_user
 from web.errors import (
@@ -88,6 +90,19 @@ class Sessions:
         await (self.secure if https else self.plain)(scope, receive, send)
 
 
+async def _prune_forever(pool: asyncpg.Pool, retention_seconds: float,
+                         every_seconds: float = 60.0) -> None:
+    """Keep the change log within its retention window."""
+    while True:
+        try:
+            pruned = await queries.prune_changes(pool, retention_seconds)
+            if pruned:
+                log.info("pruned %d change-log rows", pruned)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning("pruning the change log failed: %s", exc)
+        await asyncio.sleep(every_seconds)
+
+
 def create_app(settings: config.Settings, database_url: str) -> Starlette:
     """The ASGI app for one server process, talking to the database at `database_url`."""
 
@@ -99,8 +114,10 @@ def create_app(settings: config.Settings, database_url: str) -> Starlette:
         async def fetch_frame(seq: int) -> str | None:
             return await queries.change_frame(pool, seq)
 
-        async def on_gap(reason: str) -> None:
-            hub.resync_all(reason)
+        async def replay(position: Position, owner_id: int | None = None
+                         ) -> list[queries.Change] | None:
+            return await queries.changes_since(pool, position.watermark, position.covers,
+                                               owner_id, settings.max_replay_events)
 
         async def quote_snapshot(instruments: list[str]) -> list[str]:
             rows = await pool.fetch(
@@ -111,12 +128,14 @@ def create_app(settings: config.Settings, database_url: str) -> Starlette:
                                 "ask": r["ask"], "last": r["last"], "ts": float(r["ts"])})
                     for r in rows]
 
-        listener = Listener(database_url, hub, fetch_frame, on_gap, settings.listener_queue_size)
+        listener = Listener(database_url, hub, fetch_frame, replay, settings.listener_queue_size)
         try:
             await listener.start()
         except BaseException:
             await pool.close()
             raise
+        pruner = asyncio.create_task(
+            _prune_forever(pool, settings.change_log_retention_hours * 3600), name="pruner")
         try:
             yield {
                 "settings": settings,
@@ -126,8 +145,12 @@ def create_app(settings: config.Settings, database_url: str) -> Starlette:
                 "passwords": Passwords(settings.argon2_time_cost, settings.argon2_memory_cost_kib),
                 "login_throttle": LoginThrottle(settings.login_max_failures),
                 "quote_snapshot": quote_snapshot,
+                "replay": replay,
             }
         finally:
+            pruner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pruner
             await listener.close()
             await pool.close()
 

@@ -43,9 +43,25 @@ class Session:
     orders_key: OwnerKey | None = None
     instruments: frozenset[str] = frozenset()
     overflows: int = 0
+    # While a resume replays from the change log, live events wait here as (txn, frame).
+    held: list[tuple[int, str]] | None = None
+    held_overflowed: bool = False
+    # Transactions the replay delivered: their live events must not be sent again.
+    skip_txns: set[int] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self.queue = asyncio.Queue(maxsize=self.queue_size)
+
+    def offer_event(self, txn: int, frame: str) -> None:
+        if self.skip_txns and txn in self.skip_txns:
+            return
+        if self.held is None:
+            self.offer(frame)
+        elif len(self.held) < self.queue_size:
+            self.held.append((txn, frame))
+        else:
+            self.held_overflowed = True
+            self.held.clear()
 
     def offer(self, frame: str) -> None:
         """Queue a frame without waiting; on overflow drop the backlog and ask for a resync."""
@@ -71,8 +87,10 @@ class Hub:
         self.sessions: set[Session] = set()
         self._by_owner: dict[OwnerKey, set[Session]] = {}
         self._by_instrument: dict[str, set[Session]] = {}
-        # Highest seq published so far; `subscribed` frames carry it.
+        # Highest seq published so far, and the stream's cursor; `subscribed` frames carry them.
         self.last_seq = 0
+        self.cursor = ""
+        self._skipping: set[Session] = set()
 
     def open_session(self, user_id: int, is_staff: bool) -> Session:
         session = Session(user_id, is_staff, self.session_queue_size, self.counters)
@@ -80,16 +98,44 @@ class Hub:
         return session
 
     def close_session(self, session: Session) -> None:
+        self._skipping.discard(session)
         self.unsubscribe_orders(session)
         self.unsubscribe_quotes(session)
         self.sessions.discard(session)
 
-    def subscribe_orders(self, session: Session, key: OwnerKey) -> None:
+    def subscribe_orders(self, session: Session, key: OwnerKey, hold: bool = False) -> None:
         """Route orders of owner `key` (or of everyone, "*") to the session; replaces its
-        previous orders subscription. Authorisation is the caller's job."""
+        previous orders subscription. Authorisation is the caller's job. With `hold`, live
+        events wait until release_held() (a resume is replaying what came before)."""
         self.unsubscribe_orders(session)
         self._by_owner.setdefault(key, set()).add(session)
         session.orders_key = key
+        if hold:
+            session.held, session.held_overflowed = [], False
+
+    def release_held(self, session: Session, replayed: list[str], replayed_txns: set[int],
+                     resync_reason: str | None = None) -> None:
+        """End a resume: queue the replayed frames, then the live events that waited,
+        minus those of transactions the replay already delivered."""
+        held, session.held = session.held or [], None
+        if resync_reason is not None or session.held_overflowed:
+            self.counters.resyncs_sent += 1
+            session.offer(resync_frame(resync_reason or "overflow"))
+            return
+        for frame in replayed:
+            session.offer(frame)
+        if replayed_txns:
+            session.skip_txns = set(replayed_txns)
+            self._skipping.add(session)
+        for txn, frame in held:
+            session.offer_event(txn, frame)
+
+    def advance_watermark(self, watermark: int) -> None:
+        """Every transaction below `watermark` has been published: forget replay skips."""
+        for session in list(self._skipping):
+            session.skip_txns = {t for t in session.skip_txns if t >= watermark}
+            if not session.skip_txns:
+                self._skipping.discard(session)
 
     def unsubscribe_orders(self, session: Session) -> None:
         key = session.orders_key
@@ -118,9 +164,10 @@ class Hub:
         session.instruments = frozenset()
 
     def publish_order(
-        self, seq: int, owner_id: int, old_owner_id: int | None, frame: str
+        self, seq: int, txn: int, owner_id: int, old_owner_id: int | None, frame: str
     ) -> None:
-        """Deliver one order event. `frame` is the complete text frame for the owner.
+        """Deliver one order event of transaction `txn`. `frame` is the complete text
+        frame for the owner.
 
         When an update moved the order away from `old_owner_id`, that owner's
         sessions get a delete instead: they may no longer read the order.
@@ -128,15 +175,15 @@ class Hub:
         self.counters.events_received += 1
         self.last_seq = max(self.last_seq, seq)
         for session in self._by_owner.get(owner_id, ()):
-            session.offer(frame)
+            session.offer_event(txn, frame)
         for session in self._by_owner.get(ALL_OWNERS, ()):
-            session.offer(frame)
+            session.offer_event(txn, frame)
         if old_owner_id is not None and old_owner_id != owner_id:
             losers = self._by_owner.get(old_owner_id)
             if losers:
-                gone = _delete_frame_for(frame, old_owner_id)
+                gone = delete_frame_for(frame, old_owner_id)
                 for session in losers:
-                    session.offer(gone)
+                    session.offer_event(txn, gone)
 
     def publish_quote(self, instrument: str, frame: str) -> None:
         self.counters.quotes_received += 1
@@ -152,7 +199,8 @@ class Hub:
                 session.offer(frame)
 
 
-def _delete_frame_for(frame: str, old_owner_id: int) -> str:
+def delete_frame_for(frame: str, old_owner_id: int) -> str:
+    """The frame telling `old_owner_id` that an order it may no longer read is gone."""
     event = json.loads(frame)
     order = event["order"]
     return json.dumps(

@@ -10,11 +10,13 @@ import time
 from typing import Any
 from urllib.parse import urlsplit
 
+import asyncpg
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from db.position import CursorError, Position, with_cursor
 from web.auth import current_user
-from web.hub import ALL_OWNERS, Hub, OwnerKey, Session
+from web.hub import ALL_OWNERS, Hub, OwnerKey, Session, delete_frame_for
 
 log = logging.getLogger(__name__)
 
@@ -125,21 +127,48 @@ class Protocol:
         key = self._owner_key(message)
         if key is None:
             return
-        after = message.get("after")
-        if after is not None and not isinstance(after, str | int):
-            self.error("bad_request", f"after must be a cursor from an order event, got {after!r}")
-            return
+        position = None
+        if "after" in message:
+            try:
+                position = Position.parse(message["after"])
+            except CursorError as exc:
+                self.error("bad_request", str(exc))
+                return
         listener = self.state.listener
         if not await listener.wait_listening(LISTENER_WAIT_SECONDS):
             self.error("unavailable", "the server is not receiving database events; retry")
             return
         # No await between registering and queueing `subscribed`: every event the hub
         # publishes from here on lands behind it, and the listener is LISTENing.
-        self.hub.subscribe_orders(self.session, key)
-        self.reply(_frame(type="subscribed", channel="orders", owner=key, seq=self.hub.last_seq))
-        if after is not None:
-            # Replay from the change log is not built yet: say plainly that state must be reloaded.
-            self.reply(_frame(type="resync", reason="replay unavailable"))
+        self.hub.subscribe_orders(self.session, key, hold=position is not None)
+        if position is None:
+            self.reply(_frame(type="subscribed", channel="orders", owner=key,
+                              seq=self.hub.last_seq, cursor=self.hub.cursor))
+            return
+        self.reply(_frame(type="subscribed", channel="orders", owner=key, seq=self.hub.last_seq,
+                          after=message["after"]))
+        await self.replay(key, position)
+
+    async def replay(self, key: OwnerKey, position: Position) -> None:
+        """Resume: what the cursor missed from the change log, then the live events that
+        waited meanwhile (minus repeats)."""
+        owner = None if key == ALL_OWNERS else key
+        try:
+            changes = await self.state.replay(position, owner)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            log.exception("replay for a resuming session failed")
+            changes = None
+        if changes is None:
+            self.hub.release_held(self.session, [], set(), resync_reason="cursor expired")
+            return
+        frames = []
+        for change in changes:
+            position.advance(change.xid, position.watermark)
+            frame = with_cursor(change.frame, position.cursor())
+            if owner is not None and change.owner_id != owner:
+                frame = delete_frame_for(frame, owner)  # it moved away from this owner
+            frames.append(frame)
+        self.hub.release_held(self.session, frames, {change.xid for change in changes})
 
     async def subscribe_quotes(self, message: dict[str, Any]) -> None:
         instruments = message.get("instruments")

@@ -71,3 +71,13 @@ CREATE TABLE order_changes (
     created_at   timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX order_changes_created_at ON order_changes (created_at);
+-- Replay reads in (xid, seq) order behind a cursor's watermark.
+CREATE INDEX order_changes_xid ON order_changes (xid, seq);
+
+-- The newest transaction id whose changes were pruned: a cursor whose watermark is at or
+-- below it may have lost events, and its client gets `resync`.
+CREATE TABLE order_changes_horizon (
+    singleton  boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    pruned_xid xid8 NOT NULL DEFAULT '0'
+);
+INSERT INTO order_changes_horizon DEFAULT VALUES;
