@@ -12,6 +12,7 @@ import contextlib
 import getpass
 import logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -176,6 +177,10 @@ def _serve(args: argparse.Namespace, settings: config.Settings, url: str) -> int
         "ws_max_size": 256 * 1024,
         "timeout_graceful_shutdown": 5,
     }
+    # uvicorn re-raises the signal that stopped it once it is done; by then shutdown is
+    # complete, so let that be a no-op and finish normally (stopping the embedded database).
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: None)
     try:
         if settings.workers > 1:
             uvicorn.run("server:app_from_environment", factory=True, workers=settings.workers,

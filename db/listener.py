@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 ORDERS_CHANNEL = "orders"
 QUOTES_CHANNEL = "quotes"
+AUTH_CHANNEL = "auth"
 # A notification is (channel, payload); None marks "the listener lost events here".
 Notification = tuple[str, str] | None
 
@@ -44,6 +45,8 @@ class OrderSink(Protocol):
     def advance_watermark(self, watermark: int) -> None: ...
 
     def resync_all(self, reason: str) -> None: ...
+
+    def rights_changed(self, change: dict[str, object]) -> None: ...
 
 
 class Listener:
@@ -122,6 +125,7 @@ class Listener:
         conn.add_termination_listener(self._on_terminated)
         await conn.add_listener(ORDERS_CHANNEL, self._on_notification)
         await conn.add_listener(QUOTES_CHANNEL, self._on_notification)
+        await conn.add_listener(AUTH_CHANNEL, self._on_notification)
         self._conn = conn
         self._lost.clear()
         self.listening.set()
@@ -219,6 +223,9 @@ class Listener:
         if channel == QUOTES_CHANNEL:
             quote = json.loads(payload)
             self._sink.publish_quote(quote["instrument"], payload)
+            return
+        if channel == AUTH_CHANNEL:
+            self._sink.rights_changed(json.loads(payload))
             return
         header_and_frame = payload.split(" ", 5)
         seq_text, xid_text, watermark_text, owner_text, old_owner_text, frame = header_and_frame

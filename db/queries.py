@@ -60,6 +60,7 @@ class User:
     id: int
     username: str
     is_staff: bool
+    token_id: int | None = None  # set when the user authenticated with an API token
 
 
 @dataclass(frozen=True)
@@ -119,10 +120,11 @@ async def user_by_token(db: Executor, token: str) -> User | None:
     row = await db.fetchrow(
         "UPDATE api_tokens t SET last_used_at = now() FROM users u"
         " WHERE t.token_hash = $1 AND t.revoked_at IS NULL AND u.id = t.user_id"
-        " RETURNING u.id, u.username, u.is_staff",
+        " RETURNING u.id, u.username, u.is_staff, t.id AS token_id",
         token_hash(token),
     )
-    return _user(row)
+    return None if row is None else User(row["id"], row["username"], row["is_staff"],
+                                         row["token_id"])
 
 
 async def list_users(db: Executor) -> list[dict[str, Any]]:

@@ -108,6 +108,48 @@ CREATE TRIGGER orders_notify
     AFTER INSERT OR UPDATE OR DELETE ON orders
     FOR EACH ROW EXECUTE FUNCTION orderstream_orders_notify();
 
+-- Rights: a change to who may read what reaches every open socket in commit order, on
+-- channel 'auth', so a demoted, deleted or revoked session stops seeing events at once.
+CREATE OR REPLACE FUNCTION orderstream_users_notify()
+RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'DELETE' THEN
+        PERFORM pg_notify('auth', json_build_object(
+            'user_id', OLD.id, 'deleted', true, 'is_staff', false)::text);
+    ELSIF NEW.is_staff IS DISTINCT FROM OLD.is_staff
+          OR NEW.password_hash IS DISTINCT FROM OLD.password_hash THEN
+        PERFORM pg_notify('auth', json_build_object(
+            'user_id', NEW.id, 'deleted', false, 'is_staff', NEW.is_staff,
+            'password_changed', NEW.password_hash IS DISTINCT FROM OLD.password_hash)::text);
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+DROP TRIGGER IF EXISTS users_notify ON users;
+CREATE TRIGGER users_notify
+    AFTER UPDATE OR DELETE ON users
+    FOR EACH ROW EXECUTE FUNCTION orderstream_users_notify();
+
+CREATE OR REPLACE FUNCTION orderstream_tokens_notify()
+RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'DELETE' THEN
+        PERFORM pg_notify('auth', json_build_object(
+            'user_id', OLD.user_id, 'token_id', OLD.id, 'revoked', true)::text);
+    ELSIF NEW.revoked_at IS NOT NULL AND OLD.revoked_at IS NULL THEN
+        PERFORM pg_notify('auth', json_build_object(
+            'user_id', NEW.user_id, 'token_id', NEW.id, 'revoked', true)::text);
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+DROP TRIGGER IF EXISTS api_tokens_notify ON api_tokens;
+CREATE TRIGGER api_tokens_notify
+    AFTER UPDATE OR DELETE ON api_tokens
+    FOR EACH ROW EXECUTE FUNCTION orderstream_tokens_notify();
+
 -- Quotes: the frame itself is the payload on channel 'quotes'.
 CREATE OR REPLACE FUNCTION orderstream_quotes_notify()
 RETURNS trigger LANGUAGE plpgsql AS $$

@@ -39,6 +39,7 @@ from web.errors import (
 )
 from web.hub import Hub
 from web.passwords import Passwords
+from web.shutdown import close_sockets_on_signal
 from web.throttle import LoginThrottle
 
 log = logging.getLogger(__name__)
@@ -134,6 +135,7 @@ def create_app(settings: config.Settings, database_url: str) -> Starlette:
         except BaseException:
             await pool.close()
             raise
+        restore_signals = close_sockets_on_signal(hub)
         pruner = asyncio.create_task(
             _prune_forever(pool, settings.change_log_retention_hours * 3600), name="pruner")
         try:
@@ -148,6 +150,7 @@ def create_app(settings: config.Settings, database_url: str) -> Starlette:
                 "replay": replay,
             }
         finally:
+            restore_signals()
             pruner.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await pruner

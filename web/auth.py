@@ -21,6 +21,7 @@ class WebUser(UserMixin):
     id: int
     username: str
     is_staff: bool
+    token_id: int | None = None
 
     @property
     def identity(self) -> int:
@@ -32,7 +33,7 @@ class WebUser(UserMixin):
 
     @classmethod
     def from_db(cls, user: queries.User) -> WebUser:
-        return cls(user.id, user.username, user.is_staff)
+        return cls(user.id, user.username, user.is_staff, user.token_id)
 
 
 async def load_user(conn: HTTPConnection, user_id: object) -> WebUser | None:

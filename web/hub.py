@@ -11,10 +11,12 @@ from __future__ import annotations
 import asyncio
 import json
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 ALL_OWNERS: Literal["*"] = "*"
 OwnerKey = int | Literal["*"]
+# Queued after everything else to make the session's sender close the socket.
+CLOSE = "\x00close"
 
 
 def resync_frame(reason: str) -> str:
@@ -39,7 +41,11 @@ class Session:
     is_staff: bool
     queue_size: int
     counters: Counters
+    token_id: int | None = None
     queue: asyncio.Queue[str] = field(init=False)
+    # Set before CLOSE is queued: how the sender closes the socket.
+    close_code: int = 1000
+    close_reason: str = ""
     orders_key: OwnerKey | None = None
     instruments: frozenset[str] = frozenset()
     overflows: int = 0
@@ -77,6 +83,16 @@ class Session:
             self.counters.resyncs_sent += 1
             self.queue.put_nowait(resync_frame("overflow"))
 
+    def close(self, code: int, reason: str) -> None:
+        """Have the sender close the socket after what is queued (or at once, if full)."""
+        if self.close_code != 1000 or self.close_reason:
+            return  # already closing
+        self.close_code, self.close_reason = code, reason
+        if self.queue.full():
+            while not self.queue.empty():
+                self.queue.get_nowait()
+        self.queue.put_nowait(CLOSE)
+
 
 class Hub:
     """Subscriptions by owner and by instrument, and fan-out of frames to them."""
@@ -85,6 +101,7 @@ class Hub:
         self.session_queue_size = session_queue_size
         self.counters = Counters()
         self.sessions: set[Session] = set()
+        self._by_user: dict[int, set[Session]] = {}
         self._by_owner: dict[OwnerKey, set[Session]] = {}
         self._by_instrument: dict[str, set[Session]] = {}
         # Highest seq published so far, and the stream's cursor; `subscribed` frames carry them.
@@ -92,12 +109,18 @@ class Hub:
         self.cursor = ""
         self._skipping: set[Session] = set()
 
-    def open_session(self, user_id: int, is_staff: bool) -> Session:
-        session = Session(user_id, is_staff, self.session_queue_size, self.counters)
+    def open_session(self, user_id: int, is_staff: bool, token_id: int | None = None) -> Session:
+        session = Session(user_id, is_staff, self.session_queue_size, self.counters, token_id)
         self.sessions.add(session)
+        self._by_user.setdefault(user_id, set()).add(session)
         return session
 
     def close_session(self, session: Session) -> None:
+        mine = self._by_user.get(session.user_id)
+        if mine is not None:
+            mine.discard(session)
+            if not mine:
+                del self._by_user[session.user_id]
         self._skipping.discard(session)
         self.unsubscribe_orders(session)
         self.unsubscribe_quotes(session)
@@ -189,6 +212,33 @@ class Hub:
         self.counters.quotes_received += 1
         for session in self._by_instrument.get(instrument, ()):
             session.offer(frame)
+
+    def close_all(self, code: int, reason: str) -> None:
+        for session in self.sessions:
+            session.close(code, reason)
+
+    def rights_changed(self, change: dict[str, Any]) -> None:
+        """Apply a change of who may read what, in stream order, before any later event:
+        a deleted user or a revoked token loses its sockets; a demoted staff user loses
+        subscriptions to other owners."""
+        user_id = change.get("user_id")
+        for session in list(self._by_user.get(user_id, ())) if isinstance(user_id, int) else ():
+            if change.get("deleted"):
+                session.close(1008, "account deleted")
+            elif change.get("revoked"):
+                if session.token_id is not None and session.token_id == change.get("token_id"):
+                    session.close(1008, "token revoked")
+            elif change.get("password_changed") and session.token_id is None:
+                session.close(1008, "password changed: log in again")
+            elif change.get("is_staff") is False and session.is_staff:
+                session.is_staff = False
+                if session.orders_key not in (None, session.user_id):
+                    self.unsubscribe_orders(session)
+                    session.offer(json.dumps({
+                        "type": "error", "code": "forbidden",
+                        "message": "staff rights were revoked; subscribe to your own orders"}))
+            elif change.get("is_staff") is True:
+                session.is_staff = True
 
     def resync_all(self, reason: str) -> None:
         """Tell every orders subscriber that events may have been missed."""

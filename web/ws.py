@@ -16,7 +16,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from db.position import CursorError, Position, with_cursor
 from web.auth import current_user
-from web.hub import ALL_OWNERS, Hub, OwnerKey, Session, delete_frame_for
+from web.hub import ALL_OWNERS, CLOSE, Hub, OwnerKey, Session, delete_frame_for
 
 log = logging.getLogger(__name__)
 
@@ -202,6 +202,9 @@ async def _send_loop(websocket: WebSocket, session: Session) -> None:
     counters = session.counters
     while True:
         frame = await session.queue.get()
+        if frame is CLOSE:
+            await websocket.close(code=session.close_code, reason=session.close_reason)
+            return
         await websocket.send_text(frame)
         counters.frames_sent += 1
 
@@ -216,7 +219,7 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
         return
     await websocket.accept()
     hub: Hub = websocket.state.hub
-    session = hub.open_session(user.id, user.is_staff)
+    session = hub.open_session(user.id, user.is_staff, user.token_id)
     protocol = Protocol(websocket, session)
     sender = asyncio.create_task(_send_loop(websocket, session), name=f"ws-send-{user.id}")
     limit = _RateLimit()
