@@ -64,6 +64,14 @@ def _settings(args: argparse.Namespace) -> config.Settings:
     )
 
 
+def _exception_on_one_line(record: logging.LogRecord) -> bool:
+    if record.exc_info and record.exc_info[1] is not None:
+        record.msg = f"{record.getMessage()}: {record.exc_info[1]!r}"
+        record.args = None
+        record.exc_info = None
+    return True
+
+
 def _fail(message: str) -> int:
     print(f"server.py: {message}", file=sys.stderr)
     return 2
@@ -78,6 +86,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(str(exc))
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # asyncpg's pool logs a full traceback each time it cannot reconnect while the
+    # database is away; one line says the same.
+    logging.getLogger("asyncpg.pool").addFilter(_exception_on_one_line)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     # Imported here so `--help` and settings errors stay fast.
     from cli.database import Database
     from db.migrate import migrate
