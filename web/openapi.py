@@ -9,9 +9,18 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from db.queries import SORT_COLUMNS
-from web.order_input import MAX_INSTRUMENT, MAX_NOTE, SIDES, STATUSES
+from web.order_input import (
+    DECIMAL_TEXT,
+    MAX_INSTRUMENT,
+    MAX_NOTE,
+    MAX_NUMBER_CHARS,
+    SIDES,
+    STATUSES,
+)
 
 _DECIMAL = {"type": "string", "pattern": r"^-?\d+(\.\d+)?$", "examples": ["101.25"]}
+_SORT_KEY = "[-+]?(" + "|".join(SORT_COLUMNS) + ")"
+_SORT_PATTERN = f"^{_SORT_KEY}(,{_SORT_KEY}){{0,{len(SORT_COLUMNS) - 1}}}$"
 _ERROR = {"$ref": "#/components/schemas/Error"}
 
 
@@ -34,8 +43,10 @@ _USER_ID = {"name": "user_id", "in": "path", "required": True,
 _ORDER_INPUT_PROPS: dict[str, Any] = {
     "instrument": {"type": "string", "minLength": 1, "maxLength": MAX_INSTRUMENT},
     "side": {"type": "string", "enum": list(SIDES)},
-    "quantity": {"description": "decimal string > 0", "type": "string"},
-    "price": {"description": "decimal string >= 0", "type": "string"},
+    "quantity": {"description": "decimal string > 0", "type": "string",
+                 "pattern": DECIMAL_TEXT.pattern, "maxLength": MAX_NUMBER_CHARS},
+    "price": {"description": "decimal string >= 0", "type": "string",
+              "pattern": DECIMAL_TEXT.pattern, "maxLength": MAX_NUMBER_CHARS},
     "status": {"type": "string", "enum": list(STATUSES)},
     "note": {"type": "string", "maxLength": MAX_NOTE},
     "owner_id": {"type": "integer", "minimum": 1, "description": "staff only"},
@@ -67,11 +78,11 @@ SPEC: dict[str, Any] = {
                     {"name": "sort", "in": "query",
                      "description": "comma-separated columns, '-' prefix for descending: "
                                     + ", ".join(SORT_COLUMNS),
-                     "schema": {"type": "string"}},
+                     "schema": {"type": "string", "pattern": _SORT_PATTERN}},
                     {"name": "q", "in": "query", "description": "search words, ANDed",
                      "schema": {"type": "string", "maxLength": 200}},
                     {"name": "owner", "in": "query", "description": "staff only: a user id or *",
-                     "schema": {"type": "string"}},
+                     "schema": {"type": "string", "pattern": r"^(\*|[1-9][0-9]{0,17})$"}},
                     {"name": "format", "in": "query",
                      "schema": {"type": "string", "enum": ["datatables"]}},
                 ],

@@ -18,7 +18,7 @@ MAX_INSTRUMENT = 64
 MAX_NOTE = 16 * 1024
 MAX_NUMBER_CHARS = 40
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-_DECIMAL_TEXT = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
+DECIMAL_TEXT = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
 ORDER_FIELDS = ("owner_id", "instrument", "side", "quantity", "price", "status", "note")
 
 
@@ -50,7 +50,7 @@ def _decimal(value: Any) -> Decimal:
     if isinstance(value, bool) or not isinstance(value, str | int | Decimal):
         raise ValueError("must be a decimal string such as \"101.25\"")
     text = str(value).strip()
-    if len(text) > MAX_NUMBER_CHARS or not _DECIMAL_TEXT.match(text):
+    if len(text) > MAX_NUMBER_CHARS or not DECIMAL_TEXT.match(text):
         raise ValueError(f"must be a decimal string such as \"101.25\", got {value!r}")
     try:
         number = Decimal(text)
