@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 ORDERS_CHANNEL = "orders"
 QUOTES_CHANNEL = "quotes"
 AUTH_CHANNEL = "auth"
+# The pump lets other tasks run after this many notifications in a row.
+YIELD_EVERY = 32
 # A notification is (channel, payload); None marks "the listener lost events here".
 Notification = tuple[str, str] | None
 
@@ -203,7 +205,13 @@ class Listener:
             self._queue.put_nowait(None)
 
     async def _pump(self) -> None:
+        handled = 0
         while True:
+            if handled % YIELD_EVERY == 0:
+                # A bulk UPDATE queues thousands of notifications at once; let the session
+                # senders run between slices so readers that keep up never overflow.
+                await asyncio.sleep(0)
+            handled += 1
             item = await self._queue.get()
             try:
                 if item is None:

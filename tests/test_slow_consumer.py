@@ -1,0 +1,116 @@
+"""A client that stops reading: its backlog is bounded (dropped, then `resync`), the
+server's memory stays bounded, and other clients keep their pace."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import socket
+import time
+
+import httpx
+import psutil
+import pytest
+import websockets
+
+from tests.conftest import ServerProcess
+
+pytestmark = pytest.mark.slow
+
+ORDERS = 1000
+ROUNDS = 50  # 50 x 1000 rows = 50,000 events
+RSS_GROWTH_BOUND_MB = 100
+
+
+@pytest.fixture
+def own_server(db_url, tmp_path):
+    proc = ServerProcess(db_url, tmp_path)
+    proc.start()
+    yield proc
+    proc.stop()
+
+
+def stuck_client(server: ServerProcess, token: str) -> socket.socket:
+    """A raw WebSocket client that subscribes and then never reads: a tiny receive buffer,
+    so the server's writes back up at once (a library client would keep buffering)."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", server.port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall(
+        f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+        f"Authorization: Bearer {token}\r\n\r\n".encode())
+    assert b" 101 " in sock.recv(1024)
+    payload = json.dumps({"op": "subscribe", "channel": "orders"}).encode()
+    mask = os.urandom(4)
+    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    sock.sendall(bytes([0x81, 0x80 | len(payload)]) + mask + masked)
+    return sock
+
+
+async def flood(sql, owner_id: int) -> None:
+    for _ in range(ROUNDS):
+        await asyncio.to_thread(
+            sql.execute, "UPDATE orders SET quantity = quantity + 1 WHERE owner_id = %s",
+            (owner_id,))
+
+
+async def drain(ws, count: int) -> None:
+    got = 0
+    while got < count:
+        frame = json.loads(await asyncio.wait_for(ws.recv(), 30))
+        assert frame["type"] != "resync", "a client that keeps up was told to resync"
+        got += frame["type"] == "order"
+
+
+async def timed_flood(server, user, sql) -> float:
+    """Seconds for a reading client to receive the whole flood."""
+    async with websockets.connect(server.ws_url, additional_headers=user.auth) as fast:
+        await fast.send(json.dumps({"op": "subscribe", "channel": "orders"}))
+        assert json.loads(await fast.recv())["type"] == "subscribed"
+        started = time.perf_counter()
+        await asyncio.gather(flood(sql, user.id), drain(fast, ORDERS * ROUNDS))
+        return time.perf_counter() - started
+
+
+async def metrics(server: ServerProcess) -> dict[str, float]:
+    async with httpx.AsyncClient(base_url=server.base_url) as client:
+        text = (await client.get("/metrics")).text
+    return {line.split()[0]: float(line.split()[1])
+            for line in text.splitlines() if line and not line.startswith("#")}
+
+
+async def test_non_reading_client_is_bounded_and_harmless(own_server, make_user, sql):
+    user = make_user()
+    sql.execute("INSERT INTO orders (owner_id, instrument, quantity, price)"
+                " SELECT %s, 'SLOW' || g, 1, 1 FROM generate_series(1, %s) g", (user.id, ORDERS))
+    server = psutil.Process(own_server.process.pid)
+
+    alone = await timed_flood(own_server, user, sql)
+    rss_before = server.memory_info().rss
+
+    stuck = stuck_client(own_server, user.token)
+    try:
+        peak = rss_before
+        task = asyncio.create_task(timed_flood(own_server, user, sql))
+        while not task.done():
+            peak = max(peak, server.memory_info().rss)
+            await asyncio.sleep(0.05)
+        with_stuck = task.result()
+        counters = await metrics(own_server)
+    finally:
+        stuck.close()
+
+    growth_mb = (peak - rss_before) / 2**20
+    print(f"\nflood of {ORDERS * ROUNDS} events: {alone:.2f} s alone, {with_stuck:.2f} s beside "
+          f"a stuck client; server RSS {rss_before / 2**20:.0f} MB, peak {peak / 2**20:.0f} MB; "
+          f"dropped {counters['orderstream_frames_dropped_total']:.0f} frames")
+    assert growth_mb < RSS_GROWTH_BOUND_MB
+    assert with_stuck < alone * 1.5 + 1.0  # the stuck client costs the others (almost) nothing
+    # The stuck session's backlog was dropped and it was (queued) a resync; it stayed open.
+    assert counters["orderstream_frames_dropped_total"] > 0
+    assert counters["orderstream_resyncs_sent_total"] >= 1
+    assert counters["orderstream_sessions"] >= 1
