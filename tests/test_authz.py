@@ -305,3 +305,13 @@ async def test_staff_manage_users(server, make_user, http):
                                 json={"is_staff": True})
     assert promoted.status_code == 200 and promoted.json()["is_staff"] is True
     assert "password_hash" not in promoted.json() and "password" not in promoted.json()
+
+
+async def test_session_cookie_is_secure_over_https(server):
+    # Behind a TLS-terminating proxy on loopback (uvicorn trusts its X-Forwarded-Proto).
+    async with httpx.AsyncClient(base_url=server.base_url, timeout=10) as client:
+        response = await client.get("/login", headers={"X-Forwarded-Proto": "https"})
+    cookies = [v for k, v in response.headers.multi_items() if k.lower() == "set-cookie"]
+    session = [c for c in cookies if c.startswith("orderstream_session=")]
+    assert session, cookies
+    assert "secure" in {part.strip().lower() for part in session[0].split(";")[1:]}

@@ -72,3 +72,44 @@ async def test_healthz_reports_the_listener(own_server, sql):
             await asyncio.sleep(0.05)
         response = await client.get("/healthz")
         assert response.status_code == 200 and response.json()["listener"] is True
+
+
+class RecordingSink:
+    """A plain consumer of what the listener publishes (the hub's interface)."""
+
+    def __init__(self) -> None:
+        self.cursor = ""
+        self.published: list[int] = []
+        self.resyncs: list[str] = []
+
+    def publish_order(self, seq, txn, owner_id, old_owner_id, frame) -> None:
+        self.published.append(seq)
+
+    def publish_quote(self, instrument, frame) -> None: ...
+
+    def advance_watermark(self, watermark) -> None: ...
+
+    def resync_all(self, reason) -> None:
+        self.resyncs.append(reason)
+
+    def rights_changed(self, change) -> None: ...
+
+
+async def test_an_event_behind_the_watermark_means_resync():
+    from db.listener import Listener
+
+    sink = RecordingSink()
+
+    async def unused(*_):
+        raise AssertionError("not needed")
+
+    listener = Listener("postgresql://unused", sink, unused, unused)
+    frame = '{"type" : "order", "op" : "insert", "seq" : 1, "order" : {}}'
+    # seq 1 of transaction 100 says every transaction below 100 has finished ...
+    await listener._dispatch("orders", f"1 100 100 7 - {frame}")
+    # ... so transaction 99 arriving afterwards is a break nothing explains.
+    await listener._dispatch("orders", f"2 99 99 7 - {frame}")
+    assert sink.published == [1, 2] and sink.resyncs == ["gap detected"]
+    # Later events of the same transaction are normal.
+    await listener._dispatch("orders", f"3 100 100 7 - {frame}")
+    assert sink.resyncs == ["gap detected"]
