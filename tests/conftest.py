@@ -254,3 +254,21 @@ def _csrf_from(html: str) -> str:
     marker = 'name="csrf-token" content="'
     start = html.index(marker) + len(marker)
     return html[start:html.index('"', start)]
+
+
+@pytest.fixture
+def own_server(db_url: str, tmp_path: Path) -> Iterator[ServerProcess]:
+    """A server of the test's own (on the run's database): for tests that kill, flood or
+    stop it."""
+    proc = ServerProcess(db_url, tmp_path)
+    proc.start()
+    yield proc
+    proc.stop()
+
+
+async def metrics(server: ServerProcess) -> dict[str, float]:
+    """The server's /metrics as {name: value}."""
+    async with httpx.AsyncClient(base_url=server.base_url) as client:
+        text = (await client.get("/metrics")).text
+    return {line.split()[0]: float(line.split()[1])
+            for line in text.splitlines() if line and not line.startswith("#")}

@@ -7,17 +7,8 @@ import asyncio
 import time
 
 import httpx
-import pytest
 
-from tests.conftest import ServerProcess, insert_order, open_socket
-
-
-@pytest.fixture
-def own_server(db_url, tmp_path):
-    proc = ServerProcess(db_url, tmp_path, extra_env={"ORDERSTREAM_LOG_LEVEL": "info"})
-    proc.start()
-    yield proc
-    proc.stop()
+from tests.conftest import ServerProcess, insert_order, metrics, open_socket
 
 
 def terminate_listeners(sql) -> int:
@@ -29,12 +20,7 @@ def terminate_listeners(sql) -> int:
 
 
 async def metric(server: ServerProcess, name: str) -> float:
-    async with httpx.AsyncClient(base_url=server.base_url) as client:
-        text = (await client.get("/metrics")).text
-    for line in text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    raise AssertionError(f"no metric {name}")
+    return (await metrics(server))[name]
 
 
 async def test_terminated_listener_recovers_without_losing_events(own_server, make_user, sql):

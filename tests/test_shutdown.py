@@ -11,14 +11,6 @@ import websockets
 from tests.conftest import ServerProcess, insert_order, open_socket
 
 
-@pytest.fixture
-def own_server(db_url, tmp_path):
-    proc = ServerProcess(db_url, tmp_path)
-    proc.start()
-    yield proc
-    proc.stop()
-
-
 async def test_sigterm_closes_sockets_with_going_away(own_server, make_user):
     alice = make_user()
     async with open_socket(own_server, alice) as ws:

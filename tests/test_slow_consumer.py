@@ -10,12 +10,11 @@ import os
 import socket
 import time
 
-import httpx
 import psutil
 import pytest
 import websockets
 
-from tests.conftest import ServerProcess
+from tests.conftest import ServerProcess, metrics
 
 pytestmark = pytest.mark.slow
 
@@ -23,13 +22,6 @@ ORDERS = 1000
 ROUNDS = 50  # 50 x 1000 rows = 50,000 events
 RSS_GROWTH_BOUND_MB = 100
 
-
-@pytest.fixture
-def own_server(db_url, tmp_path):
-    proc = ServerProcess(db_url, tmp_path)
-    proc.start()
-    yield proc
-    proc.stop()
 
 
 def stuck_client(server: ServerProcess, token: str) -> socket.socket:
@@ -74,13 +66,6 @@ async def timed_flood(server, user, sql) -> float:
         started = time.perf_counter()
         await asyncio.gather(flood(sql, user.id), drain(fast, ORDERS * ROUNDS))
         return time.perf_counter() - started
-
-
-async def metrics(server: ServerProcess) -> dict[str, float]:
-    async with httpx.AsyncClient(base_url=server.base_url) as client:
-        text = (await client.get("/metrics")).text
-    return {line.split()[0]: float(line.split()[1])
-            for line in text.splitlines() if line and not line.startswith("#")}
 
 
 async def test_non_reading_client_is_bounded_and_harmless(own_server, make_user, sql):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 from collections import deque
 
-
 # One address may fail this many times more than one username: an office behind one
 # NAT must not be locked out by a single user who forgot a password.
 ADDRESS_FACTOR = 10
