@@ -272,3 +272,40 @@ async def metrics(server: ServerProcess) -> dict[str, float]:
         text = (await client.get("/metrics")).text
     return {line.split()[0]: float(line.split()[1])
             for line in text.splitlines() if line and not line.startswith("#")}
+
+
+# -- browser ------------------------------------------------------------------
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    # Without these, Chromium keeps calling home; this machine's network refuses it.
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+
+
+@pytest.fixture(scope="session")
+async def browser() -> AsyncIterator[Any]:
+    """Debian's Chromium driven by Playwright (never a downloaded browser)."""
+    if not CHROMIUM.exists():
+        message = "browser tests need Debian's chromium (apt-get install -y chromium)"
+        if os.environ.get("ORDERSTREAM_REQUIRE_BROWSER"):
+            pytest.fail(message)
+        pytest.skip(message)
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=str(CHROMIUM),
+                                                   args=CHROMIUM_ARGS)
+        yield browser
+        await browser.close()
+
+
+async def browser_login(page: Any, server: ServerProcess, user: User) -> None:
+    """Log in through the real login form."""
+    await page.goto(server.base_url + "/login")
+    await page.fill("input[name=username]", user.username)
+    await page.fill("input[name=password]", user.password)
+    async with page.expect_navigation():
+        await page.click("form [type=submit]")
+    assert not page.url.startswith(server.base_url + "/login"), page.url
