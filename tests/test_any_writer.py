@@ -134,6 +134,7 @@ async def test_owner_change_moves_the_order_between_dashboards(server, make_user
         sql.execute("UPDATE orders SET owner_id = %s WHERE id = %s", (bob.id, order_id))
         to_bob = await bob_ws.recv_type("order")
         assert to_bob["order"]["owner_id"] == bob.id and to_bob["order"]["id"] == order_id
+        assert to_bob["op"] == "insert"  # new to bob
         from_alice = await alice_ws.recv_type("order")
         assert from_alice["op"] == "delete" and from_alice["order"]["id"] == order_id
         # Alice learns only that the order left, nothing of its new state.

@@ -193,12 +193,15 @@ class Hub:
         frame for the owner.
 
         When an update moved the order away from `old_owner_id`, that owner's
-        sessions get a delete instead: they may no longer read the order.
+        sessions get a delete instead (they may no longer read the order), and the new
+        owner's sessions an insert (it is new to them).
         """
         self.counters.events_received += 1
         self.last_seq = max(self.last_seq, seq)
+        moved = old_owner_id is not None and old_owner_id != owner_id
+        owner_frame = frame_with_op(frame, "insert") if moved else frame
         for session in self._by_owner.get(owner_id, ()):
-            session.offer_event(txn, frame)
+            session.offer_event(txn, owner_frame)
         for session in self._by_owner.get(ALL_OWNERS, ()):
             session.offer_event(txn, frame)
         if old_owner_id is not None and old_owner_id != owner_id:
@@ -247,6 +250,13 @@ class Hub:
             for session in subscribers:
                 self.counters.resyncs_sent += 1
                 session.offer(frame)
+
+
+def frame_with_op(frame: str, op: str) -> str:
+    """The same event frame with another op (an order moving between owners)."""
+    event = json.loads(frame)
+    event["op"] = op
+    return json.dumps(event)
 
 
 def delete_frame_for(frame: str, old_owner_id: int) -> str:

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import time
 from typing import Any
 from urllib.parse import urlsplit
@@ -16,7 +17,15 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from db.position import CursorError, Position, with_cursor
 from web.auth import current_user
-from web.hub import ALL_OWNERS, CLOSE, Hub, OwnerKey, Session, delete_frame_for
+from web.hub import (
+    ALL_OWNERS,
+    CLOSE,
+    Hub,
+    OwnerKey,
+    Session,
+    delete_frame_for,
+    frame_with_op,
+)
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +56,30 @@ def origin_allowed(websocket: WebSocket, allowed: list[str]) -> bool:
         return True
     parts = urlsplit(origin)
     return parts.scheme in ("http", "https") and parts.netloc == websocket.headers.get("host")
+
+
+def _not_json(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite(text: str) -> float:
+    """JSON numbers only: 1e999 would come back as Infinity, which is not JSON either."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is out of range")
+    return value
+
+
+def _instrument_ok(name: object) -> bool:
+    """A name the quotes table could hold: PostgreSQL text takes neither NUL nor the lone
+    surrogates a JSON "\\ud800" escape decodes to (the snapshot query failed on them)."""
+    if not isinstance(name, str) or not 0 < len(name) <= 64 or "\x00" in name:
+        return False
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 class _RateLimit:
@@ -81,9 +114,12 @@ class Protocol:
 
     async def handle_text(self, text: str) -> None:
         try:
-            message = json.loads(text)
+            message = json.loads(text, parse_constant=_not_json, parse_float=_finite)
         except ValueError:
             self.error("bad_json", "frames must be JSON text")
+            return
+        except RecursionError:  # json's nesting limit (about 1000): "[[[[..." fits 16 KiB
+            self.error("bad_json", "frames must not nest that deeply")
             return
         if not isinstance(message, dict):
             kind = type(message).__name__
@@ -91,7 +127,12 @@ class Protocol:
             return
         op = message.get("op")
         if op == "ping":
-            self.reply(json.dumps({"type": "pong", "id": message.get("id")}))
+            try:
+                pong = json.dumps({"type": "pong", "id": message.get("id")})
+            except RecursionError:  # an id that just parsed is one level deeper in the pong
+                self.error("bad_request", "a ping id must not nest that deeply")
+                return
+            self.reply(pong)
         elif op == "subscribe":
             await self.subscribe(message)
         elif op == "unsubscribe":
@@ -167,6 +208,8 @@ class Protocol:
             frame = with_cursor(change.frame, position.cursor())
             if owner is not None and change.owner_id != owner:
                 frame = delete_frame_for(frame, owner)  # it moved away from this owner
+            elif owner is not None and change.old_owner_id not in (None, owner):
+                frame = frame_with_op(frame, "insert")  # it moved to this owner
             frames.append(frame)
         self.hub.release_held(self.session, frames, {change.xid for change in changes})
 
@@ -175,7 +218,7 @@ class Protocol:
         if (
             not isinstance(instruments, list)
             or not 0 < len(instruments) <= MAX_INSTRUMENTS
-            or not all(isinstance(i, str) and 0 < len(i) <= 64 for i in instruments)
+            or not all(_instrument_ok(i) for i in instruments)
         ):
             self.error("bad_request",
                        f"instruments must be a list of 1-{MAX_INSTRUMENTS} instrument names")
