@@ -67,7 +67,10 @@ def seen_by(key: int | str, event: Event, usernames: dict[int, str]) -> tuple[An
     """What a session subscribed to owner `key` ("*": everyone) must receive for `event`."""
     row = event.row
     if key == "*" or row.owner_id == key:
-        return ("order", event.op, row.id, row.owner_id, usernames[row.owner_id], row.instrument,
+        # An order that moved to this owner is new to it: an insert (staff on "*" saw it all
+        # along: an update).
+        op = "insert" if key != "*" and event.old_owner_id is not None else event.op
+        return ("order", op, row.id, row.owner_id, usernames[row.owner_id], row.instrument,
                 row.side, row.quantity, row.price, row.status, row.version)
     if event.old_owner_id == key:
         return ("gone", row.id, key, row.version)  # it moved away: id, owner_id, version only
