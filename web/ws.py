@@ -283,7 +283,16 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
                 protocol.error("rate_limited", f"at most {RATE_PER_SECOND:g} messages per second")
                 violations += 1
             else:
-                await protocol.handle_text(text)
+                try:
+                    await protocol.handle_text(text)
+                except (WebSocketDisconnect, asyncio.CancelledError):
+                    raise
+                except Exception:
+                    # A bug, not the client's doing: say so with 1011 instead of dropping
+                    # the TCP connection without a close frame.
+                    log.exception("session of user %s failed on a frame", user.id)
+                    await websocket.close(code=1011, reason="internal error")
+                    break
             if violations > MAX_VIOLATIONS:
                 await asyncio.sleep(0)  # let the sender flush the last error frame first
                 await websocket.close(code=1008, reason="too many refused messages")
