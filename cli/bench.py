@@ -12,6 +12,7 @@ import json
 import os
 import secrets
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -142,6 +143,37 @@ async def _writer_cost(db: psycopg.AsyncConnection, order_id: int, updates: int
     return with_triggers, without
 
 
+async def _statement_costs(db: psycopg.AsyncConnection, owner_id: int, repeats: int = 5
+                           ) -> tuple[float, float, float]:
+    """Median seconds for one UPDATE of all the bench owner's rows, rolled back (so: the
+    statement's work without commit): with the triggers, without them, and the change-log
+    rows alone (the same number of inserts into a scratch copy of order_changes)."""
+
+    async def timed(setup: str, statement: str, params: tuple) -> float:
+        runs = []
+        for _ in range(repeats):
+            await db.execute("BEGIN")
+            try:
+                if setup:
+                    await db.execute(setup)
+                started = time.perf_counter()
+                await db.execute(statement, params)
+                runs.append(time.perf_counter() - started)
+            finally:
+                await db.execute("ROLLBACK")
+        return statistics.median(runs)
+
+    update = "UPDATE orders SET price = price WHERE owner_id = %s"
+    full = await timed("", update, (owner_id,))
+    bare = await timed("SET LOCAL session_replication_role = replica", update, (owner_id,))
+    log_only = await timed(
+        "CREATE TEMP TABLE bench_changes (LIKE order_changes INCLUDING ALL) ON COMMIT DROP",
+        "INSERT INTO bench_changes (seq, owner_id, frame) SELECT c.seq, c.owner_id, c.frame"
+        " FROM order_changes c WHERE c.owner_id = %s ORDER BY c.seq DESC LIMIT 1000",
+        (owner_id,))
+    return full, bare, log_only
+
+
 async def _run(url: str, port: int, token: str, owner_id: int, order_ids: list[int],
                updates: int, burst: int, clients: int) -> None:
     async with await psycopg.AsyncConnection.connect(url, autocommit=True) as db:
@@ -182,6 +214,16 @@ async def _run(url: str, port: int, token: str, owner_id: int, order_ids: list[i
             print(f"  with triggers    {with_t * 1e6 / updates:8.1f} us/update")
             print(f"  without          {without_t * 1e6 / updates:8.1f} us/update")
             print(f"  ratio            {with_t / without_t:.2f}")
+
+            rows = len(order_ids)
+            full, bare, log_only = await _statement_costs(db, owner_id)
+            per = 1e6 / rows
+            print(f"one UPDATE of {rows} rows, rolled back (the statement's work, no commit)")
+            print(f"  with triggers    {full * per:8.1f} us/update")
+            print(f"  without          {bare * per:8.1f} us/update")
+            print(f"  trigger work     {(full - bare) * per:8.1f} us/update, of which the "
+                  f"change-log insert ~{log_only * per:.1f} us "
+                  f"({log_only / max(full - bare, 1e-9):.0%}; a temp-table copy, so no WAL)")
         finally:
             await ws.close()
             for other in extra:
