@@ -126,10 +126,25 @@ async def test_wrong_password_is_401_without_a_session(login_server, make_user):
             assert "Wrong username or password" in response.text
             assert (await client.get("/")).status_code == 303
             assert (await client.get("/api/orders")).status_code == 401
-        # The form without its CSRF token is refused before the password is looked at.
+        # A wrong CSRF token, or a cross-site post (foreign Origin) without one, is refused
+        # before the password is looked at.
         refused = await client.post("/login", data={"username": alice.username,
-                                                    "password": alice.password})
+                                                    "password": alice.password,
+                                                    "csrf_token": "forged"})
         assert refused.status_code == 403 and (await client.get("/")).status_code == 303
+        refused = await client.post("/login", data={"username": alice.username,
+                                                    "password": alice.password},
+                                    headers={"Origin": "http://evil.example"})
+        assert refused.status_code == 403 and (await client.get("/")).status_code == 303
+
+
+async def test_programs_may_log_in_without_the_form(server, make_user):
+    alice = make_user()
+    async with httpx.AsyncClient(base_url=server.base_url, timeout=10) as client:
+        response = await client.post("/login", data={"username": alice.username,
+                                                     "password": alice.password})
+        assert response.status_code == 303
+        assert (await client.get("/api/orders")).status_code == 200
 
 
 async def test_login_is_throttled_after_repeated_failures(login_server, make_user):
