@@ -309,3 +309,139 @@ async def browser_login(page: Any, server: ServerProcess, user: User) -> None:
     async with page.expect_navigation():
         await page.click("form [type=submit]")
     assert not page.url.startswith(server.base_url + "/login"), page.url
+
+
+# Installed before any page script: counts `subscribed` (orders) frames, keeps every frame
+# received, records the connection indicator's changes, and notes when an /api/orders page fetched
+# after the latest `subscribed` is on screen. The page sets the table synchronously once
+# `await res.json()` resolves, so a timer queued there runs after the render.
+LIVE_PROBE_JS = """
+(() => {
+  const probe = window.__probe = { subscribed: 0, loadedAfter: 0, frames: [], statuses: [] };
+  const NativeSocket = window.WebSocket;
+  window.WebSocket = class extends NativeSocket {
+    constructor(...args) {
+      super(...args);
+      this.addEventListener('message', (msg) => {
+        let frame;
+        try { frame = JSON.parse(msg.data); } catch { return; }
+        probe.frames.push(frame);
+        if (frame.type === 'subscribed' && frame.channel === 'orders') probe.subscribed += 1;
+      });
+    }
+  };
+  const nativeFetch = window.fetch;
+  window.fetch = function (input, init) {
+    const url = String(input instanceof Request ? input.url : input);
+    const answer = nativeFetch.call(this, input, init);
+    if (!url.startsWith('/api/orders?')) return answer;
+    const seen = probe.subscribed;
+    return answer.then((res) => { res.__subscribedBefore = seen; return res; });
+  };
+  const nativeJson = Response.prototype.json;
+  Response.prototype.json = function () {
+    return nativeJson.call(this).then((data) => {
+      const seen = this.__subscribedBefore;
+      if (seen === undefined) return data;
+      setTimeout(() => { probe.loadedAfter = Math.max(probe.loadedAfter, seen); }, 0);
+      return data;
+    });
+  };
+  document.addEventListener('DOMContentLoaded', () => {
+    const status = document.getElementById('conn-status');
+    if (!status) return;
+    new MutationObserver(() => probe.statuses.push(status.textContent))
+      .observe(status, { childList: true });
+  });
+})();
+"""
+
+
+async def wait_live(page: Any, timeout: float = 10_000, after: int = 0) -> int:
+    """Until the page is live: its orders subscription confirmed (more than `after` times), and a
+    page of data fetched after that confirmation on screen, so any later commit reaches the table
+    through the stream. Returns how many subscriptions were confirmed so far (for `after`)."""
+    await page.wait_for_function(
+        "(after) => { const p = window.__probe; return p && p.subscribed > after"
+        " && p.loadedAfter === p.subscribed"
+        " && document.getElementById('conn-status').textContent === 'live'; }",
+        arg=after, timeout=timeout)
+    return await page.evaluate("window.__probe.subscribed")
+
+
+async def open_live_page(browser: Any, server: ServerProcess, user: User, path: str = "/",
+                         viewport: dict[str, int] | None = None) -> tuple[Any, Any]:
+    """A new browser context logged in as `user`, showing `path`, live (see wait_live).
+    Returns (context, page); the caller closes the context."""
+    context = await browser.new_context(viewport=viewport or {"width": 1280, "height": 800})
+    page = await context.new_page()
+    await page.add_init_script(LIVE_PROBE_JS)
+    await browser_login(page, server, user)
+    if path != "/":
+        await page.goto(server.base_url + path)
+    await wait_live(page)
+    return context, page
+
+
+@pytest.fixture
+async def contexts() -> AsyncIterator[list[Any]]:
+    """Browser contexts a test opened (append them); closed however the test ends."""
+    opened: list[Any] = []
+    yield opened
+    for context in opened:
+        await context.close()
+
+
+# The rows an orders table shows (fading-out rows excluded), to compare with the database.
+ROWS_JS = """(table) => [...document.querySelectorAll(`${table} tbody tr[data-id]:not(.removing)`)]
+  .map((tr) => {
+    const cell = (col) => tr.querySelector(`[data-col=${col}]`)?.dataset.value ?? null;
+    return { id: Number(tr.dataset.id), version: Number(tr.dataset.version),
+             status: tr.dataset.status, instrument: cell('instrument'), side: cell('side'),
+             quantity: cell('quantity'), price: cell('price') };
+  })"""
+
+
+def db_page(conn: psycopg.Connection, owner_id: int, limit: int = 25) -> list[dict[str, Any]]:
+    """The owner's first page of orders in the tables' default order (-id), shaped like ROWS_JS."""
+    cur = conn.execute(
+        "SELECT id, version, status, instrument, side, quantity::text, price::text FROM orders"
+        " WHERE owner_id = %s ORDER BY id DESC LIMIT %s", (owner_id, limit))
+    names = ["id", "version", "status", "instrument", "side", "quantity", "price"]
+    return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+
+async def shown_rows(page: Any, table: str = "#orders") -> list[dict[str, Any]]:
+    return await page.evaluate(f"({ROWS_JS})({table!r})")
+
+
+async def wait_table_is(page: Any, want: list[dict[str, Any]], table: str = "#orders",
+                        timeout: float = 2000) -> None:
+    """Until `table` shows exactly `want` (ids, versions, values, in order)."""
+    try:
+        await page.wait_for_function(
+            f"([table, want]) => JSON.stringify(({ROWS_JS})(table)) === JSON.stringify(want)",
+            arg=[table, want], timeout=timeout)
+    except Exception:
+        assert await shown_rows(page, table) == want  # fails with a readable diff
+        raise
+
+
+async def wait_row(page: Any, order_id: int, condition: str, table: str = "#orders",
+                   timeout: float = 2000) -> None:
+    """Until the order's row in `table` satisfies `condition`, a JS expression over `tr` and
+    `cell(col)` (the row's cell element for a column)."""
+    await page.wait_for_function(
+        f"""([table, id]) => {{
+          const tr = document.querySelector(`${{table}} tbody tr[data-id='${{id}}']`);
+          if (!tr) return false;
+          const cell = (col) => tr.querySelector(`[data-col=${{col}}]`);
+          return {condition};
+        }}""", arg=[table, order_id], timeout=timeout)
+
+
+async def settle(page: Any) -> None:
+    """Until no highlight or fade runs (they last 1.5 s): a stable picture for a screenshot."""
+    await page.wait_for_function(
+        "() => !document.querySelector('.flash, .flash-up, .flash-down, .flash-new, .removing')",
+        timeout=5000)
