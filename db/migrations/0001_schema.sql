@@ -71,8 +71,12 @@ CREATE TABLE order_changes (
     created_at   timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX order_changes_created_at ON order_changes (created_at);
--- Replay reads in (xid, seq) order behind a cursor's watermark.
+-- Replay reads in (xid, seq) order behind a cursor's watermark, for everyone (staff "*"),
+-- for one owner, or for orders that moved away from one.
 CREATE INDEX order_changes_xid ON order_changes (xid, seq);
+CREATE INDEX order_changes_owner_xid ON order_changes (owner_id, xid);
+CREATE INDEX order_changes_old_owner_xid ON order_changes (old_owner_id, xid)
+    WHERE old_owner_id IS NOT NULL;
 
 -- The newest transaction id whose changes were pruned: a cursor whose watermark is at or
 -- below it may have lost events, and its client gets `resync`.
