@@ -174,6 +174,30 @@ async def _statement_costs(db: psycopg.AsyncConnection, owner_id: int, repeats: 
     return full, bare, log_only
 
 
+async def _listener_loss(db: psycopg.AsyncConnection, ws: websockets.ClientConnection,
+                         port: int, order_id: int, rounds: int = 5) -> list[tuple[float, float]]:
+    """Kill the server's LISTEN connection, write at once, and time (a) until /healthz is
+    healthy again and (b) until the write, missed by NOTIFY, arrives replayed."""
+    results = []
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+        for i in range(rounds):
+            started = time.perf_counter()
+            await db.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                             " WHERE application_name = 'orderstream-listener'"
+                             " AND datname = current_database()")
+            await db.execute("UPDATE orders SET price = %s WHERE id = %s", (300 + i, order_id))
+            frame, _ = await _next_order(ws)
+            delivered = time.perf_counter() - started
+            assert frame["order"]["id"] == order_id
+            for _ in range(10_000):  # poll /healthz every millisecond, 10 s at most
+                if (await client.get("/healthz")).status_code == 200:
+                    break
+                await asyncio.sleep(0.001)
+            healthy = time.perf_counter() - started
+            results.append((healthy * 1000, delivered * 1000))
+    return results
+
+
 async def _run(url: str, port: int, token: str, owner_id: int, order_ids: list[int],
                updates: int, burst: int, clients: int) -> None:
     async with await psycopg.AsyncConnection.connect(url, autocommit=True) as db:
@@ -208,6 +232,12 @@ async def _run(url: str, port: int, token: str, owner_id: int, order_ids: list[i
             total, seconds = await _burst(db, ws, owner_id, len(order_ids), rounds)
             print(f"burst: {total} events from {rounds} multi-row UPDATEs of {len(order_ids)} rows")
             print(f"  {seconds:.3f} s to the last frame = {total / seconds:,.0f} events/s")
+
+            losses = await _listener_loss(db, ws, port, order_ids[4])
+            print(f"listener connection killed (pg_terminate_backend), {len(losses)} times")
+            print("  healthy again after     " + ", ".join(f"{h:.0f}" for h, _ in losses) + " ms")
+            print("  missed write delivered  " + ", ".join(f"{d:.0f}" for _, d in losses)
+                  + " ms (replayed from the change log, no resync)")
 
             with_t, without_t = await _writer_cost(db, order_ids[2], updates)
             print(f"writer cost, {updates} single-row autocommit UPDATEs")

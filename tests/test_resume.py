@@ -129,11 +129,15 @@ async def test_cursor_past_retention_gets_resync(server, make_user, sql):
         subscribed = await ws.subscribe_orders()
     insert_order(sql, alice.id, "PRUNED")
     # What pruning does (db/queries.py prune_changes): forget rows, move the horizon.
+    before = sql.execute("SELECT pruned_xid FROM order_changes_horizon").fetchone()[0]
     sql.execute("UPDATE order_changes_horizon SET pruned_xid = "
                 "greatest(pruned_xid, pg_current_xact_id())")
-    async with open_socket(server, alice) as ws:
-        await ws.subscribe_orders(after=subscribed["cursor"])
-        resync = await ws.recv_type("resync")
-        assert resync["reason"] == "cursor expired"
-        live = insert_order(sql, alice.id, "STILL-LIVE")
-        assert (await ws.recv_type("order"))["order"]["id"] == live
+    try:
+        async with open_socket(server, alice) as ws:
+            await ws.subscribe_orders(after=subscribed["cursor"])
+            resync = await ws.recv_type("resync")
+            assert resync["reason"] == "cursor expired"
+            live = insert_order(sql, alice.id, "STILL-LIVE")
+            assert (await ws.recv_type("order"))["order"]["id"] == live
+    finally:  # nothing was really pruned: other tests' cursors stay valid
+        sql.execute("UPDATE order_changes_horizon SET pruned_xid = %s", (before,))
