@@ -117,10 +117,16 @@ async def user_with_hash(db: Executor, username: str) -> tuple[User, str | None]
 
 
 async def user_by_token(db: Executor, token: str) -> User | None:
+    # last_used_at is written at most once a minute: a busy program must not turn every
+    # request into a write.
     row = await db.fetchrow(
-        "UPDATE api_tokens t SET last_used_at = now() FROM users u"
-        " WHERE t.token_hash = $1 AND t.revoked_at IS NULL AND u.id = t.user_id"
-        " RETURNING u.id, u.username, u.is_staff, t.id AS token_id",
+        "WITH t AS (SELECT id, user_id, last_used_at FROM api_tokens"
+        "  WHERE token_hash = $1 AND revoked_at IS NULL),"
+        " touched AS (UPDATE api_tokens SET last_used_at = now() FROM t"
+        "  WHERE api_tokens.id = t.id"
+        "  AND (t.last_used_at IS NULL OR t.last_used_at < now() - interval '1 minute'))"
+        " SELECT u.id, u.username, u.is_staff, t.id AS token_id FROM t"
+        " JOIN users u ON u.id = t.user_id",
         token_hash(token),
     )
     return None if row is None else User(row["id"], row["username"], row["is_staff"],
@@ -273,6 +279,16 @@ async def order_version(db: Executor, order_id: int, owner_id: int | None) -> in
 
 async def change_frame(db: Executor, seq: int) -> str | None:
     return await db.fetchval("SELECT frame FROM order_changes WHERE seq = $1", seq)
+
+
+async def quote_frames(db: Executor, instruments: list[str]) -> list[str]:
+    """The current quotes of `instruments` as `quote` frames (`ts`: their last update)."""
+    rows = await db.fetch(
+        "SELECT json_build_object('type', 'quote', 'instrument', instrument, 'bid', bid::text,"
+        " 'ask', ask::text, 'last', last::text,"
+        " 'ts', round(extract(epoch FROM updated_at) * 1000, 3))::text AS frame"
+        " FROM quotes WHERE instrument = ANY($1::text[]) ORDER BY instrument", instruments)
+    return [row["frame"] for row in rows]
 
 
 # -- change log -----------------------------------------------------------------

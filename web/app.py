@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -121,13 +120,7 @@ def create_app(settings: config.Settings, database_url: str) -> Starlette:
                                                owner_id, settings.max_replay_events)
 
         async def quote_snapshot(instruments: list[str]) -> list[str]:
-            rows = await pool.fetch(
-                "SELECT instrument, bid::text, ask::text, last::text,"
-                " round(extract(epoch FROM updated_at) * 1000, 3) AS ts"
-                " FROM quotes WHERE instrument = ANY($1::text[])", instruments)
-            return [json.dumps({"type": "quote", "instrument": r["instrument"], "bid": r["bid"],
-                                "ask": r["ask"], "last": r["last"], "ts": float(r["ts"])})
-                    for r in rows]
+            return await queries.quote_frames(pool, instruments)
 
         listener = Listener(database_url, hub, fetch_frame, replay, settings.listener_queue_size)
         try:
