@@ -8,6 +8,7 @@ columns), never of input text.
 from __future__ import annotations
 
 import hashlib
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -131,6 +132,30 @@ async def user_by_token(db: Executor, token: str) -> User | None:
     )
     return None if row is None else User(row["id"], row["username"], row["is_staff"],
                                          row["token_id"])
+
+
+async def user_by_session(db: Executor, sid: str, user_id: int) -> User | None:
+    row = await db.fetchrow(
+        "SELECT u.id, u.username, u.is_staff FROM web_sessions s JOIN users u"
+        " ON u.id = s.user_id WHERE s.sid = $1 AND s.user_id = $2", sid, user_id)
+    return _user(row)
+
+
+async def start_web_session(db: Executor, user_id: int) -> str:
+    sid = secrets.token_urlsafe(32)
+    await db.execute("INSERT INTO web_sessions (sid, user_id) VALUES ($1, $2)", sid, user_id)
+    return sid
+
+
+async def end_web_session(db: Executor, sid: str) -> None:
+    await db.execute("DELETE FROM web_sessions WHERE sid = $1", sid)
+
+
+async def prune_web_sessions(db: Executor, older_than_seconds: float) -> int:
+    status = await db.execute(
+        "DELETE FROM web_sessions WHERE created_at < now() - make_interval(secs => $1)",
+        older_than_seconds)
+    return int(status.split()[-1])
 
 
 async def list_users(db: Executor) -> list[dict[str, Any]]:

@@ -121,6 +121,10 @@ BEGIN
         PERFORM pg_notify('auth', json_build_object(
             'user_id', NEW.id, 'deleted', false, 'is_staff', NEW.is_staff,
             'password_changed', NEW.password_hash IS DISTINCT FROM OLD.password_hash)::text);
+        IF NEW.password_hash IS DISTINCT FROM OLD.password_hash THEN
+            -- A new password ends every browser session of the user.
+            DELETE FROM web_sessions WHERE user_id = NEW.id;
+        END IF;
     END IF;
     RETURN NULL;
 END
@@ -149,6 +153,20 @@ DROP TRIGGER IF EXISTS api_tokens_notify ON api_tokens;
 CREATE TRIGGER api_tokens_notify
     AFTER UPDATE OR DELETE ON api_tokens
     FOR EACH ROW EXECUTE FUNCTION orderstream_tokens_notify();
+
+CREATE OR REPLACE FUNCTION orderstream_web_sessions_notify()
+RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('auth', json_build_object(
+        'user_id', OLD.user_id, 'sid', OLD.sid, 'ended', true)::text);
+    RETURN NULL;
+END
+$$;
+
+DROP TRIGGER IF EXISTS web_sessions_notify ON web_sessions;
+CREATE TRIGGER web_sessions_notify
+    AFTER DELETE ON web_sessions
+    FOR EACH ROW EXECUTE FUNCTION orderstream_web_sessions_notify();
 
 -- Quotes: the frame itself is the payload on channel 'quotes'.
 CREATE OR REPLACE FUNCTION orderstream_quotes_notify()

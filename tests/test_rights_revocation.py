@@ -73,3 +73,31 @@ async def test_password_change_ends_cookie_sessions(server, make_user, sql):
         await expect_close(ws, 1008)
         order_id = insert_order(sql, dave.id)
         assert (await token_ws.recv_type("order"))["order"]["id"] == order_id
+
+
+async def test_logout_ends_the_session_on_the_server(server, make_user):
+    erin = make_user()
+    async with httpx.AsyncClient(base_url=server.base_url) as client:
+        csrf = await login(client, erin)
+        cookie = "; ".join(f"{k}={v}" for k, v in client.cookies.items())
+        headers = {"Cookie": cookie, "Origin": server.base_url}
+        async with open_socket(server, headers=headers) as ws:
+            await ws.subscribe_orders()
+            assert (await client.post("/logout", data={"csrf_token": csrf})).status_code == 303
+            assert await expect_close(ws, 1008) == "logged out"
+    # The cookie copied before logout is worth nothing now.
+    async with httpx.AsyncClient(base_url=server.base_url, headers={"Cookie": cookie}) as thief:
+        assert (await thief.get("/api/orders")).status_code == 401
+        assert (await thief.get("/")).status_code == 303
+
+
+async def test_password_reset_ends_browser_sessions(server, make_user):
+    frank, boss = make_user(), make_user(staff=True)
+    async with httpx.AsyncClient(base_url=server.base_url) as client:
+        await login(client, frank)
+        assert (await client.get("/api/orders")).status_code == 200
+        async with httpx.AsyncClient(base_url=server.base_url) as admin:
+            reset = await admin.patch(f"/api/users/{frank.id}", headers=boss.auth,
+                                      json={"password": "a-brand-new-password"})
+            assert reset.status_code == 200
+        assert (await client.get("/api/orders")).status_code == 401

@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 SESSION_COOKIE = "orderstream_session"
+SESSION_MAX_AGE = 14 * 24 * 3600  # seconds
 SECURITY_HEADERS = [
     (b"content-security-policy",
      b"default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -80,7 +81,7 @@ class Sessions:
         def make(https_only: bool) -> SessionMiddleware:
             return SessionMiddleware(app, secret_key=secret_key, session_cookie=SESSION_COOKIE,
                                      same_site="lax", https_only=https_only,
-                                     max_age=14 * 24 * 3600)
+                                     max_age=SESSION_MAX_AGE)
 
         self.plain = make(secure == "always")
         self.secure = make(secure != "never")
@@ -98,6 +99,7 @@ async def _prune_forever(pool: asyncpg.Pool, retention_seconds: float,
             pruned = await queries.prune_changes(pool, retention_seconds)
             if pruned:
                 log.info("pruned %d change-log rows", pruned)
+            await queries.prune_web_sessions(pool, SESSION_MAX_AGE)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             log.warning("pruning the change log failed: %s", exc)
         await asyncio.sleep(every_seconds)

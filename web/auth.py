@@ -21,7 +21,8 @@ class WebUser(UserMixin):
     id: int
     username: str
     is_staff: bool
-    token_id: int | None = None
+    token_id: int | None = None  # authenticated by this API token
+    session_id: str | None = None  # or by this browser session
 
     @property
     def identity(self) -> int:
@@ -36,14 +37,23 @@ class WebUser(UserMixin):
         return cls(user.id, user.username, user.is_staff, user.token_id)
 
 
+SESSION_ID_KEY = "sid"
+
+
 async def load_user(conn: HTTPConnection, user_id: object) -> WebUser | None:
-    """starlette-login's user loader: the session holds the id, the database the rest."""
+    """starlette-login's user loader: the signed cookie names the user and the session;
+    the session must still exist on the server (logout and password resets end it)."""
+    sid = conn.session.get(SESSION_ID_KEY)
     try:
         uid = int(str(user_id))
     except ValueError:
         return None
-    user = await queries.user_by_id(conn.state.pool, uid)
-    return None if user is None else WebUser.from_db(user)
+    if not isinstance(sid, str):
+        return None
+    user = await queries.user_by_session(conn.state.pool, sid, uid)
+    if user is None:
+        return None
+    return WebUser(user.id, user.username, user.is_staff, session_id=sid)
 
 
 class TokenOrSessionBackend(AuthenticationBackend):

@@ -42,6 +42,7 @@ class Session:
     queue_size: int
     counters: Counters
     token_id: int | None = None
+    session_id: str | None = None
     queue: asyncio.Queue[str] = field(init=False)
     # Set before CLOSE is queued: how the sender closes the socket.
     close_code: int = 1000
@@ -109,8 +110,10 @@ class Hub:
         self.cursor = ""
         self._skipping: set[Session] = set()
 
-    def open_session(self, user_id: int, is_staff: bool, token_id: int | None = None) -> Session:
-        session = Session(user_id, is_staff, self.session_queue_size, self.counters, token_id)
+    def open_session(self, user_id: int, is_staff: bool, token_id: int | None = None,
+                     session_id: str | None = None) -> Session:
+        session = Session(user_id, is_staff, self.session_queue_size, self.counters, token_id,
+                          session_id)
         self.sessions.add(session)
         self._by_user.setdefault(user_id, set()).add(session)
         return session
@@ -231,6 +234,9 @@ class Hub:
             elif change.get("revoked"):
                 if session.token_id is not None and session.token_id == change.get("token_id"):
                     session.close(1008, "token revoked")
+            elif change.get("ended"):
+                if session.session_id is not None and session.session_id == change.get("sid"):
+                    session.close(1008, "logged out")
             elif change.get("password_changed") and session.token_id is None:
                 session.close(1008, "password changed: log in again")
             elif change.get("is_staff") is False and session.is_staff:

@@ -12,7 +12,7 @@ from starlette.templating import Jinja2Templates
 from starlette_login.utils import login_user, logout_user
 
 from db import queries
-from web.auth import WebUser, current_user
+from web.auth import SESSION_ID_KEY, WebUser, current_user
 from web.csrf import FORM_FIELD, csrf_token, csrf_valid
 
 templates = Jinja2Templates(directory=str(Path(__file__).resolve().parent / "templates"))
@@ -82,6 +82,8 @@ async def login(request: Request) -> Response:
     # A fresh session on login: nothing from before (CSRF token included) survives.
     request.session.clear()
     await login_user(request, WebUser.from_db(found[0]))
+    request.session[SESSION_ID_KEY] = await queries.start_web_session(request.state.pool,
+                                                                      found[0].id)
     return RedirectResponse(next_url, status_code=303)
 
 
@@ -102,6 +104,9 @@ async def logout(request: Request) -> Response:
     form = await request.form(max_files=0, max_fields=20)
     if current_user(request) is not None and not csrf_valid(request, str(form.get(FORM_FIELD, ""))):
         return Response("CSRF check failed", status_code=403, media_type="text/plain")
+    sid = request.session.get(SESSION_ID_KEY)
+    if isinstance(sid, str):
+        await queries.end_web_session(request.state.pool, sid)
     await logout_user(request)
     request.session.clear()
     return RedirectResponse("/login", status_code=303)

@@ -262,7 +262,7 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
         return
     await websocket.accept()
     hub: Hub = websocket.state.hub
-    session = hub.open_session(user.id, user.is_staff, user.token_id)
+    session = hub.open_session(user.id, user.is_staff, user.token_id, user.session_id)
     protocol = Protocol(websocket, session)
     sender = asyncio.create_task(_send_loop(websocket, session), name=f"ws-send-{user.id}")
     limit = _RateLimit()
