@@ -24,6 +24,7 @@ import asyncpg
 
 from db.position import Position, with_cursor
 from db.queries import Change
+from db.rights import Identities, Rights
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,8 @@ QUOTES_CHANNEL = "quotes"
 AUTH_CHANNEL = "auth"
 # The pump lets other tasks run after this many notifications in a row.
 YIELD_EVERY = 32
+# Tries at reading the change log after a gap (0.1 s, doubling, between them).
+RECOVERY_ATTEMPTS = 5
 # A notification is (channel, payload); None marks "the listener lost events here".
 Notification = tuple[str, str] | None
 
@@ -48,7 +51,13 @@ class OrderSink(Protocol):
 
     def resync_all(self, reason: str) -> None: ...
 
-    def rights_changed(self, change: dict[str, object]) -> None: ...
+    def identities(self, user_id: int | None = None) -> Identities: ...
+
+    def apply_rights(self, checked: Identities, rights: Rights) -> None: ...
+
+
+class _Gap(Exception):
+    """An order notification could not be published: recover from the change log."""
 
 
 class Listener:
@@ -59,7 +68,8 @@ class Listener:
         url: str,
         sink: OrderSink,
         fetch_frame: Callable[[int], Awaitable[str | None]],
-        replay: Callable[[Position], Awaitable[list[Change] | None]],
+        load_rights: Callable[[Identities], Awaitable[Rights]],
+        recover: Callable[[Position, Identities], Awaitable[tuple[Rights, list[Change] | None]]],
         queue_size: int = 20000,
         health_interval: float = 1.0,
         max_backoff: float = 5.0,
@@ -67,7 +77,8 @@ class Listener:
         self._url = url
         self._sink = sink
         self._fetch_frame = fetch_frame
-        self._replay = replay
+        self._load_rights = load_rights
+        self._recover_from_log = recover
         # What the hub has been given so far; events carry it as their cursor.
         self.position = Position()
         # Transactions the last gap replay delivered: their live notifications are repeats.
@@ -224,8 +235,12 @@ class Listener:
                     await self._dispatch(*item)
             except asyncio.CancelledError:
                 raise
+            except _Gap as gap:
+                await self._recover(str(gap))
             except Exception:
+                # Whatever failed, an event may be missing: recover rather than go on.
                 log.exception("could not dispatch notification %r", item)
+                await self._recover("dispatch failed")
 
     async def _dispatch(self, channel: str, payload: str) -> None:
         self.notifications += 1
@@ -234,7 +249,14 @@ class Listener:
             self._sink.publish_quote(quote["instrument"], payload)
             return
         if channel == AUTH_CHANNEL:
-            self._sink.rights_changed(json.loads(payload))
+            # Anyone who can connect may NOTIFY: the payload only says whose rights to
+            # re-read, never what they are. Awaited here, so later events wait for it.
+            change = json.loads(payload)
+            user_id = change.get("user_id") if isinstance(change, dict) else None
+            if isinstance(user_id, int):
+                who = self._sink.identities(user_id)
+                if who.users:
+                    self._sink.apply_rights(who, await self._load_rights(who))
             return
         header_and_frame = payload.split(" ", 5)
         seq_text, xid_text, watermark_text, owner_text, old_owner_text, frame = header_and_frame
@@ -242,11 +264,12 @@ class Listener:
         if self._replayed and xid in self._replayed:
             return
         if not frame:
-            fetched = await self._fetch_frame(seq)
+            try:
+                fetched = await self._fetch_frame(seq)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                raise _Gap(f"oversized event {seq} could not be read: {exc}") from exc
             if fetched is None:
-                log.error("oversized event %s is no longer in order_changes", seq)
-                self._sink.resync_all("event expired")
-                return
+                raise _Gap(f"oversized event {seq} is not in order_changes")
             frame = fetched
         old_owner = None if old_owner_text == "-" else int(old_owner_text)
         if xid < self.position.watermark:
@@ -263,7 +286,7 @@ class Listener:
                  old_owner_id: int | None, frame: str) -> None:
         position = self.position
         before = position.watermark
-        position.advance(xid, watermark)
+        position.advance(xid, seq, watermark)
         cursor = position.cursor()
         self._sink.publish_order(seq, xid, owner_id, old_owner_id, with_cursor(frame, cursor))
         self._sink.cursor = cursor
@@ -273,22 +296,41 @@ class Listener:
                 self._replayed = {x for x in self._replayed if x >= position.watermark}
 
     async def _recover(self, reason: str) -> None:
-        """Deliver from the change log what the stream missed; resync only if it can't."""
+        """Deliver from the change log what the stream missed; resync only if it can't.
+
+        Rights changes were lost in the gap too: the sessions' rights are re-read in the
+        same snapshot as the missed changes and applied first."""
         started = time.monotonic()
-        try:
-            changes = await self._replay(self.position)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            log.warning("replay after %s failed: %s", reason, exc)
-            changes = None
+        rights: Rights | None = None
+        changes: list[Change] | None = None
+        for attempt in range(RECOVERY_ATTEMPTS):
+            who = self._sink.identities()
+            try:
+                rights, changes = await self._recover_from_log(self.position, who)
+                break
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning("recovery after %s failed (%s); attempt %d", reason, exc,
+                            attempt + 1)
+                await asyncio.sleep(0.1 * 2**attempt)
+        # Rights that could not be read leave nobody a wider view than their own orders.
+        self._sink.apply_rights(who, rights if rights is not None else _own_orders_only(who))
         if changes is None:
             log.warning("%s: the change log cannot cover the gap; sending resync", reason)
             self._sink.resync_all(reason)
             return
-        for change in changes:
+        for index, change in enumerate(changes):
             self._publish(change.seq, change.xid, self.position.watermark, change.owner_id,
                           change.old_owner_id, change.frame)
-        self._replayed = {change.xid for change in changes}
+            if index % YIELD_EVERY == YIELD_EVERY - 1:
+                await asyncio.sleep(0)  # let the senders drain between slices
+        self._replayed |= {change.xid for change in changes}
         self.replays += 1
         self.last_recovered_at = time.monotonic()
         log.info("%s: replayed %d missed events in %.1f ms", reason, len(changes),
                  (self.last_recovered_at - started) * 1000)
+
+
+def _own_orders_only(who: Identities) -> Rights:
+    """When rights cannot be read: everyone keeps their socket, nobody stays staff."""
+    return Rights(staff=dict.fromkeys(who.users, False), tokens=set(who.tokens),
+                  web_sessions=set(who.web_sessions))

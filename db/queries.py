@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
+
+from db.position import Position
+from db.rights import Identities, Rights
 
 Executor = asyncpg.Pool | asyncpg.Connection
 
@@ -333,30 +335,67 @@ async def current_watermark(db: Executor) -> int:
     return await db.fetchval("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
 
 
-async def changes_since(pool: asyncpg.Pool, watermark: int, covered: Callable[[int], bool],
-                        owner_id: int | None, limit: int) -> list[Change] | None:
-    """Committed changes of transactions at or above `watermark` that `covered` does not
-    cover, in (xid, seq) order; for one owner (also as the previous owner) or, with
-    None, for all. None when the log no longer reaches back that far or the gap holds
-    more than `limit` changes: the caller must resync instead."""
+_UNCOVERED = (
+    " FROM order_changes c WHERE c.xid >= $1::text::xid8"
+    " AND NOT EXISTS (SELECT 1 FROM unnest($2::bigint[], $3::bigint[]) AS r(lo, hi)"
+    "  WHERE c.xid::text::bigint BETWEEN r.lo AND r.hi)"
+    " AND NOT coalesce(c.xid::text::bigint = $4::bigint AND c.seq <= $5::bigint, false)"
+    " AND ($6::bigint IS NULL OR c.owner_id = $6 OR c.old_owner_id = $6)"
+)
+
+
+async def _changes_since(conn: asyncpg.Connection, position: Position, owner_id: int | None,
+                         limit: int) -> list[Change] | None:
+    horizon = await conn.fetchval("SELECT pruned_xid::text::bigint FROM order_changes_horizon")
+    if horizon and position.watermark <= horizon:
+        return None
+    ranges = position.finished_ranges()
+    current = position.current or (None, None)
+    args = (str(position.watermark), [a for a, _ in ranges], [b for _, b in ranges],
+            current[0], current[1], owner_id)
+    # Count first: a gap too big to replay costs a count, not the transfer of its frames.
+    missed = await conn.fetchval(
+        f"SELECT count(*) FROM (SELECT 1 {_UNCOVERED} LIMIT $7) gap", *args, limit + 1)
+    if missed > limit:
+        return None
+    rows = await conn.fetch(
+        "SELECT c.seq, c.xid::text::bigint AS xid, c.owner_id, c.old_owner_id, c.frame"
+        f" {_UNCOVERED} ORDER BY c.xid, c.seq", *args)
+    return [Change(r["seq"], r["xid"], r["owner_id"], r["old_owner_id"], r["frame"])
+            for r in rows]
+
+
+async def changes_since(pool: asyncpg.Pool, position: Position, owner_id: int | None,
+                        limit: int) -> list[Change] | None:
+    """The committed changes `position` does not cover, in (xid, seq) order; for one owner
+    (also as the previous owner) or, with None, for all. None when the log no longer
+    reaches back that far or the gap holds more than `limit` changes: resync instead."""
     async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read",
                                                         readonly=True):
-        horizon = await conn.fetchval(
-            "SELECT pruned_xid::text::bigint FROM order_changes_horizon")
-        if horizon and watermark <= horizon:
-            return None
-        rows = await conn.fetch(
-            "SELECT seq, xid::text::bigint AS xid, owner_id, old_owner_id, frame"
-            " FROM order_changes WHERE xid >= $1::text::xid8"
-            " AND ($2::bigint IS NULL OR owner_id = $2 OR old_owner_id = $2)"
-            " ORDER BY xid, seq LIMIT $3",
-            str(watermark), owner_id, limit + 1,
-        )
-    changes = [Change(r["seq"], r["xid"], r["owner_id"], r["old_owner_id"], r["frame"])
-               for r in rows if not covered(r["xid"])]
-    if len(rows) > limit:
-        return None
-    return changes
+        return await _changes_since(conn, position, owner_id, limit)
+
+
+async def load_rights(db: Executor, who: Identities) -> Rights:
+    """Which of these users still exist (and their staff flag), and which of these tokens
+    and browser sessions are still valid."""
+    users = await db.fetch("SELECT id, is_staff FROM users WHERE id = ANY($1::bigint[])",
+                           list(who.users))
+    tokens = await db.fetch("SELECT id FROM api_tokens WHERE id = ANY($1::bigint[])"
+                            " AND revoked_at IS NULL", list(who.tokens))
+    sids = await db.fetch("SELECT sid FROM web_sessions WHERE sid = ANY($1::text[])",
+                          list(who.web_sessions))
+    return Rights(staff={r["id"]: r["is_staff"] for r in users},
+                  tokens={r["id"] for r in tokens}, web_sessions={r["sid"] for r in sids})
+
+
+async def recovery(pool: asyncpg.Pool, position: Position, who: Identities, limit: int
+                   ) -> tuple[Rights, list[Change] | None]:
+    """After a gap in notifications: the rights of the open sessions and the missed
+    changes, read in one snapshot, so no event is judged by rights older than it."""
+    async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read",
+                                                        readonly=True):
+        rights = await load_rights(conn, who)
+        return rights, await _changes_since(conn, position, None, limit)
 
 
 async def prune_changes(pool: asyncpg.Pool, older_than_seconds: float) -> int:

@@ -8,6 +8,7 @@ import time
 
 import httpx
 
+from db.rights import Identities
 from tests.conftest import ServerProcess, insert_order, metrics, open_socket
 
 
@@ -78,7 +79,10 @@ class RecordingSink:
     def resync_all(self, reason) -> None:
         self.resyncs.append(reason)
 
-    def rights_changed(self, change) -> None: ...
+    def identities(self, user_id=None):
+        return Identities(set(), set(), set())
+
+    def apply_rights(self, checked, rights) -> None: ...
 
 
 async def test_an_event_behind_the_watermark_means_resync():
@@ -89,7 +93,7 @@ async def test_an_event_behind_the_watermark_means_resync():
     async def unused(*_):
         raise AssertionError("not needed")
 
-    listener = Listener("postgresql://unused", sink, unused, unused)
+    listener = Listener("postgresql://unused", sink, unused, unused, unused)
     frame = '{"type" : "order", "op" : "insert", "seq" : 1, "order" : {}}'
     # seq 1 of transaction 100 says every transaction below 100 has finished ...
     await listener._dispatch("orders", f"1 100 100 7 - {frame}")
@@ -99,3 +103,35 @@ async def test_an_event_behind_the_watermark_means_resync():
     # Later events of the same transaction are normal.
     await listener._dispatch("orders", f"3 100 100 7 - {frame}")
     assert sink.resyncs == ["gap detected"]
+
+
+async def test_listener_overflow_mid_transaction_loses_nothing(db_url, tmp_path, make_user,
+                                                               sql):
+    """A bulk UPDATE overflows a tiny listener queue part-way through one transaction:
+    the pump replays the rest of that transaction (and what followed) from the log."""
+    proc = ServerProcess(db_url, tmp_path, extra_env={"ORDERSTREAM_LISTENER_QUEUE_SIZE": "50"})
+    proc.start()
+    try:
+        alice = make_user()
+        async with open_socket(proc, alice) as ws:
+            await ws.subscribe_orders()
+            sql.execute("INSERT INTO orders (owner_id, instrument, quantity, price)"
+                        " SELECT %s, 'BULK', 1, 1 FROM generate_series(1, 600)", (alice.id,))
+            sql.execute("UPDATE orders SET price = 2 WHERE owner_id = %s", (alice.id,))
+            sql.execute("UPDATE orders SET price = 3 WHERE owner_id = %s", (alice.id,))
+            seen: dict[int, list[tuple[str, str]]] = {}
+            for _ in range(1800):
+                event = await ws.recv_type("order", timeout=15)
+                seen.setdefault(event["order"]["id"], []).append(
+                    (event["op"], event["order"]["price"]))
+            assert len(seen) == 600
+            assert all(p == [("insert", "1"), ("update", "2"), ("update", "3")]
+                       for p in seen.values())
+            await ws.assert_silent()
+        counters = await metrics(proc)
+        assert counters["orderstream_listener_reconnects_total"] == 0
+        # The queue really overflowed, and the gap was filled from the log.
+        assert counters["orderstream_listener_dropped_total"] > 0
+        assert counters["orderstream_listener_replays_total"] >= 1
+    finally:
+        proc.stop()

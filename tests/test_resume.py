@@ -141,3 +141,21 @@ async def test_cursor_past_retention_gets_resync(server, make_user, sql):
             assert (await ws.recv_type("order"))["order"]["id"] == live
     finally:  # nothing was really pruned: other tests' cursors stay valid
         sql.execute("UPDATE order_changes_horizon SET pruned_xid = %s", (before,))
+
+
+async def test_resume_in_the_middle_of_a_transaction(server, make_user, sql, db_url):
+    """One transaction changes three orders; the client saw only the first event."""
+    alice = make_user()
+    ids = [insert_order(sql, alice.id, f"MID{i}") for i in range(3)]
+    async with open_socket(server, alice) as ws:
+        await ws.subscribe_orders()
+        with psycopg.connect(db_url) as conn:
+            for order_id in ids:
+                conn.execute("UPDATE orders SET price = 9 WHERE id = %s", (order_id,))
+            conn.commit()
+        first = await ws.recv_type("order")
+    async with open_socket(server, alice) as ws:
+        await ws.subscribe_orders(after=first["cursor"])
+        rest = [await ws.recv_type("order") for _ in range(2)]
+        assert [e["order"]["id"] for e in rest] == ids[1:]
+        await ws.assert_silent()

@@ -27,6 +27,7 @@ from db import queries
 from db.listener import Listener
 from db.pool import create_pool
 from db.position import Position
+from db.rights import Identities, Rights
 from web import api, openapi, ops, pages, users_api, ws
 from web.auth import TokenOrSessionBackend, load_user
 from web.errors import (
@@ -116,15 +117,29 @@ def create_app(settings: config.Settings, database_url: str) -> Starlette:
         async def fetch_frame(seq: int) -> str | None:
             return await queries.change_frame(pool, seq)
 
+        # Resumes read the change log; a few at a time, so they cannot starve the API.
+        replays = asyncio.Semaphore(2)
+
         async def replay(position: Position, owner_id: int | None = None
                          ) -> list[queries.Change] | None:
-            return await queries.changes_since(pool, position.watermark, position.covers,
-                                               owner_id, settings.max_replay_events)
+            # A client's replay must fit its session queue; a bigger gap means resync.
+            async with replays:
+                return await queries.changes_since(
+                    pool, position, owner_id,
+                    min(settings.max_replay_events, settings.session_queue_size - 2))
+
+        async def load_rights(who: Identities) -> Rights:
+            return await queries.load_rights(pool, who)
+
+        async def recover(position: Position, who: Identities
+                          ) -> tuple[Rights, list[queries.Change] | None]:
+            return await queries.recovery(pool, position, who, settings.max_replay_events)
 
         async def quote_snapshot(instruments: list[str]) -> list[str]:
             return await queries.quote_frames(pool, instruments)
 
-        listener = Listener(database_url, hub, fetch_frame, replay, settings.listener_queue_size)
+        listener = Listener(database_url, hub, fetch_frame, load_rights, recover,
+                            settings.listener_queue_size)
         try:
             await listener.start()
         except BaseException:

@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import json
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
+
+from db.rights import Identities, Rights
 
 ALL_OWNERS: Literal["*"] = "*"
 OwnerKey = int | Literal["*"]
@@ -45,8 +47,12 @@ class Session:
     session_id: str | None = None
     queue: asyncio.Queue[str] = field(init=False)
     # Set before CLOSE is queued: how the sender closes the socket.
+    closing: bool = False
     close_code: int = 1000
     close_reason: str = ""
+    # Bumped by every change of the orders subscription: a resume that awaited the
+    # database checks it did not change (or get revoked) meanwhile.
+    orders_generation: int = 0
     orders_key: OwnerKey | None = None
     instruments: frozenset[str] = frozenset()
     overflows: int = 0
@@ -72,6 +78,8 @@ class Session:
 
     def offer(self, frame: str) -> None:
         """Queue a frame without waiting; on overflow drop the backlog and ask for a resync."""
+        if self.closing:
+            return  # nothing may overtake (or, on overflow, wipe out) the queued CLOSE
         try:
             self.queue.put_nowait(frame)
             self.counters.frames_queued += 1
@@ -85,9 +93,11 @@ class Session:
             self.queue.put_nowait(resync_frame("overflow"))
 
     def close(self, code: int, reason: str) -> None:
-        """Have the sender close the socket after what is queued (or at once, if full)."""
-        if self.close_code != 1000 or self.close_reason:
-            return  # already closing
+        """Have the sender close the socket after what is queued (or at once, if full);
+        from now on nothing more is queued."""
+        if self.closing:
+            return
+        self.closing = True
         self.close_code, self.close_reason = code, reason
         if self.queue.full():
             while not self.queue.empty():
@@ -136,6 +146,7 @@ class Hub:
         self.unsubscribe_orders(session)
         self._by_owner.setdefault(key, set()).add(session)
         session.orders_key = key
+        session.orders_generation += 1
         if hold:
             session.held, session.held_overflowed = [], False
 
@@ -167,6 +178,8 @@ class Hub:
         key = session.orders_key
         if key is None:
             return
+        session.orders_generation += 1
+        session.held = None
         subscribers = self._by_owner.get(key)
         if subscribers is not None:
             subscribers.discard(session)
@@ -223,31 +236,37 @@ class Hub:
         for session in self.sessions:
             session.close(code, reason)
 
-    def rights_changed(self, change: dict[str, Any]) -> None:
-        """Apply a change of who may read what, in stream order, before any later event:
-        a deleted user or a revoked token loses its sockets; a demoted staff user loses
-        subscriptions to other owners."""
-        user_id = change.get("user_id")
-        for session in list(self._by_user.get(user_id, ())) if isinstance(user_id, int) else ():
-            if change.get("deleted"):
-                session.close(1008, "account deleted")
-            elif change.get("revoked"):
-                if session.token_id is not None and session.token_id == change.get("token_id"):
+    def identities(self, user_id: int | None = None) -> Identities:
+        """Who the open sessions (of one user, or all) are: for a rights check."""
+        sessions = self.sessions if user_id is None else self._by_user.get(user_id, set())
+        return Identities(
+            users={s.user_id for s in sessions},
+            tokens={s.token_id for s in sessions if s.token_id is not None},
+            web_sessions={s.session_id for s in sessions if s.session_id is not None},
+        )
+
+    def apply_rights(self, checked: Identities, rights: Rights) -> None:
+        """Apply what the database says now about the `checked` identities, before any
+        later event: a deleted user, a revoked token or an ended browser session loses
+        its sockets; a demoted staff user loses subscriptions to other owners."""
+        for user_id in checked.users:
+            for session in list(self._by_user.get(user_id, ())):
+                if user_id not in rights.staff:
+                    session.close(1008, "account deleted")
+                elif session.token_id in checked.tokens and session.token_id not in rights.tokens:
                     session.close(1008, "token revoked")
-            elif change.get("ended"):
-                if session.session_id is not None and session.session_id == change.get("sid"):
+                elif (session.session_id in checked.web_sessions
+                      and session.session_id not in rights.web_sessions):
                     session.close(1008, "logged out")
-            elif change.get("password_changed") and session.token_id is None:
-                session.close(1008, "password changed: log in again")
-            elif change.get("is_staff") is False and session.is_staff:
-                session.is_staff = False
-                if session.orders_key not in (None, session.user_id):
-                    self.unsubscribe_orders(session)
-                    session.offer(json.dumps({
-                        "type": "error", "code": "forbidden",
-                        "message": "staff rights were revoked; subscribe to your own orders"}))
-            elif change.get("is_staff") is True:
-                session.is_staff = True
+                elif not rights.staff[user_id] and session.is_staff:
+                    session.is_staff = False
+                    if session.orders_key not in (None, session.user_id):
+                        self.unsubscribe_orders(session)
+                        session.offer(json.dumps({
+                            "type": "error", "code": "forbidden",
+                            "message": "staff rights were revoked; subscribe to your own orders"}))
+                else:
+                    session.is_staff = rights.staff[user_id]
 
     def resync_all(self, reason: str) -> None:
         """Tell every orders subscriber that events may have been missed."""

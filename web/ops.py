@@ -51,6 +51,11 @@ async def metrics(request: Request) -> Response:
             "1 while the LISTEN connection is listening.", int(listener.listening.is_set()))
     _metric(lines, "orderstream_listener_reconnects_total", "counter",
             "Times the LISTEN connection was re-established.", listener.reconnects)
+    _metric(lines, "orderstream_listener_dropped_total", "counter",
+            "Notifications dropped by an overflowing listener queue (then replayed).",
+            listener.dropped)
+    _metric(lines, "orderstream_listener_replays_total", "counter",
+            "Gaps in notifications filled from the change log.", listener.replays)
     return PlainTextResponse("\n".join(lines) + "\n",
                              media_type="text/plain; version=0.0.4; charset=utf-8")
 

@@ -179,8 +179,11 @@ class Protocol:
         if not await listener.wait_listening(LISTENER_WAIT_SECONDS):
             self.error("unavailable", "the server is not receiving database events; retry")
             return
-        # No await between registering and queueing `subscribed`: every event the hub
-        # publishes from here on lands behind it, and the listener is LISTENing.
+        # Rights may have changed while we waited: check again, then, with no await between
+        # registering and queueing `subscribed`, every event the hub publishes from here
+        # on lands behind it, and the listener is LISTENing.
+        if self._owner_key(message) != key or self.session.closing:
+            return
         self.hub.subscribe_orders(self.session, key, hold=position is not None)
         if position is None:
             self.reply(_frame(type="subscribed", channel="orders", owner=key,
@@ -194,17 +197,20 @@ class Protocol:
         """Resume: what the cursor missed from the change log, then the live events that
         waited meanwhile (minus repeats)."""
         owner = None if key == ALL_OWNERS else key
+        generation = self.session.orders_generation
         try:
             changes = await self.state.replay(position, owner)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
             log.exception("replay for a resuming session failed")
             changes = None
+        if self.session.orders_generation != generation:
+            return  # unsubscribed, resubscribed or demoted meanwhile: this replay is void
         if changes is None:
             self.hub.release_held(self.session, [], set(), resync_reason="cursor expired")
             return
         frames = []
         for change in changes:
-            position.advance(change.xid, position.watermark)
+            position.advance(change.xid, change.seq, position.watermark)
             frame = with_cursor(change.frame, position.cursor())
             if owner is not None and change.owner_id != owner:
                 frame = delete_frame_for(frame, owner)  # it moved away from this owner
