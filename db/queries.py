@@ -365,16 +365,6 @@ async def _changes_since(conn: asyncpg.Connection, position: Position, owner_id:
             for r in rows]
 
 
-async def changes_since(pool: asyncpg.Pool, position: Position, owner_id: int | None,
-                        limit: int) -> list[Change] | None:
-    """The committed changes `position` does not cover, in (xid, seq) order; for one owner
-    (also as the previous owner) or, with None, for all. None when the log no longer
-    reaches back that far or the gap holds more than `limit` changes: resync instead."""
-    async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read",
-                                                        readonly=True):
-        return await _changes_since(conn, position, owner_id, limit)
-
-
 async def load_rights(db: Executor, who: Identities) -> Rights:
     """Which of these users still exist (and their staff flag), and which of these tokens
     and browser sessions are still valid."""
@@ -388,14 +378,18 @@ async def load_rights(db: Executor, who: Identities) -> Rights:
                   tokens={r["id"] for r in tokens}, web_sessions={r["sid"] for r in sids})
 
 
-async def recovery(pool: asyncpg.Pool, position: Position, who: Identities, limit: int
-                   ) -> tuple[Rights, list[Change] | None]:
-    """After a gap in notifications: the rights of the open sessions and the missed
-    changes, read in one snapshot, so no event is judged by rights older than it."""
+async def changes_since(pool: asyncpg.Pool, position: Position, who: Identities,
+                        owner_id: int | None, limit: int
+                        ) -> tuple[Rights, list[Change] | None]:
+    """The committed changes `position` does not cover, in (xid, seq) order, for one owner
+    (also as the previous owner) or, with None, for all; and the rights of `who`, read in
+    the same snapshot, so no replayed event is judged by rights older than it. The
+    changes are None when the log no longer reaches back that far or the gap holds more
+    than `limit`: resync instead."""
     async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read",
                                                         readonly=True):
         rights = await load_rights(conn, who)
-        return rights, await _changes_since(conn, position, None, limit)
+        return rights, await _changes_since(conn, position, owner_id, limit)
 
 
 async def prune_changes(pool: asyncpg.Pool, older_than_seconds: float) -> int:

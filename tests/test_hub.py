@@ -102,3 +102,39 @@ def test_resync_all_reaches_only_order_subscribers():
     hub.resync_all("listener reconnected")
     assert drain(subscribed) == [{"type": "resync", "reason": "listener reconnected"}]
     assert drain(idle) == []
+
+
+def test_a_closing_session_keeps_its_close_through_overflow():
+    from web.hub import CLOSE
+
+    hub = Hub(session_queue_size=3)
+    s = hub.open_session(1, False)
+    hub.subscribe_orders(s, 1)
+    for seq in range(1, 4):
+        hub.publish_order(seq, seq, 1, None, frame(seq, 1))
+    s.close(1008, "token revoked")
+    for seq in range(4, 20):  # a flood after the close: nothing may displace it
+        hub.publish_order(seq, seq, 1, None, frame(seq, 1))
+    items = []
+    while not s.queue.empty():
+        items.append(s.queue.get_nowait())
+    assert items[-1] is CLOSE and all(i is CLOSE or json.loads(i)["seq"] < 4 for i in items)
+
+
+def test_apply_rights_demotes_closes_and_keeps():
+    from db.rights import Rights
+
+    hub = Hub()
+    staff = hub.open_session(9, True)
+    by_token = hub.open_session(2, False, token_id=70)
+    by_cookie = hub.open_session(3, False, session_id="abc")
+    gone = hub.open_session(4, False)
+    hub.subscribe_orders(staff, ALL_OWNERS)
+    who = hub.identities()
+    hub.apply_rights(who, Rights(staff={9: False, 2: False, 3: False}, tokens=set(),
+                                 web_sessions={"abc"}))
+    assert staff.orders_key is None and not staff.is_staff
+    assert drain(staff)[0]["code"] == "forbidden"
+    assert by_token.closing and by_token.close_reason == "token revoked"
+    assert not by_cookie.closing
+    assert gone.closing and gone.close_reason == "account deleted"

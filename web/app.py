@@ -120,12 +120,12 @@ def create_app(settings: config.Settings, database_url: str) -> Starlette:
         # Resumes read the change log; a few at a time, so they cannot starve the API.
         replays = asyncio.Semaphore(2)
 
-        async def replay(position: Position, owner_id: int | None = None
-                         ) -> list[queries.Change] | None:
+        async def replay(position: Position, who: Identities, owner_id: int | None
+                         ) -> tuple[Rights, list[queries.Change] | None]:
             # A client's replay must fit its session queue; a bigger gap means resync.
             async with replays:
                 return await queries.changes_since(
-                    pool, position, owner_id,
+                    pool, position, who, owner_id,
                     min(settings.max_replay_events, settings.session_queue_size - 2))
 
         async def load_rights(who: Identities) -> Rights:
@@ -133,7 +133,8 @@ def create_app(settings: config.Settings, database_url: str) -> Starlette:
 
         async def recover(position: Position, who: Identities
                           ) -> tuple[Rights, list[queries.Change] | None]:
-            return await queries.recovery(pool, position, who, settings.max_replay_events)
+            return await queries.changes_since(pool, position, who, None,
+                                               settings.max_replay_events)
 
         async def quote_snapshot(instruments: list[str]) -> list[str]:
             return await queries.quote_frames(pool, instruments)

@@ -245,6 +245,13 @@ class Hub:
             web_sessions={s.session_id for s in sessions if s.session_id is not None},
         )
 
+    def identities_of(self, session: Session) -> Identities:
+        return Identities(
+            users={session.user_id},
+            tokens={session.token_id} if session.token_id is not None else set(),
+            web_sessions={session.session_id} if session.session_id is not None else set(),
+        )
+
     def apply_rights(self, checked: Identities, rights: Rights) -> None:
         """Apply what the database says now about the `checked` identities, before any
         later event: a deleted user, a revoked token or an ended browser session loses

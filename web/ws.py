@@ -198,13 +198,18 @@ class Protocol:
         waited meanwhile (minus repeats)."""
         owner = None if key == ALL_OWNERS else key
         generation = self.session.orders_generation
+        who = self.hub.identities_of(self.session)
         try:
-            changes = await self.state.replay(position, owner)
+            rights, changes = await self.state.replay(position, who, owner)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
             log.exception("replay for a resuming session failed")
-            changes = None
-        if self.session.orders_generation != generation:
-            return  # unsubscribed, resubscribed or demoted meanwhile: this replay is void
+            rights, changes = None, None
+        if rights is not None:
+            # The replay may hold changes committed after a change of rights the stream
+            # has not brought yet: judge them by rights read in the replay's snapshot.
+            self.hub.apply_rights(who, rights)
+        if self.session.orders_generation != generation or self.session.closing:
+            return  # unsubscribed, resubscribed, demoted or revoked meanwhile: void
         if changes is None:
             self.hub.release_held(self.session, [], set(), resync_reason="cursor expired")
             return
