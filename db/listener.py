@@ -258,6 +258,9 @@ class Listener:
                 if who.users:
                     self._sink.apply_rights(who, await self._load_rights(who))
             return
+        if payload == "truncate":
+            self._sink.resync_all("orders truncated")
+            return
         header_and_frame = payload.split(" ", 5)
         seq_text, xid_text, watermark_text, owner_text, old_owner_text, frame = header_and_frame
         seq, xid = int(seq_text), int(xid_text)

@@ -108,6 +108,22 @@ CREATE TRIGGER orders_notify
     AFTER INSERT OR UPDATE OR DELETE ON orders
     FOR EACH ROW EXECUTE FUNCTION orderstream_orders_notify();
 
+-- TRUNCATE fires no row triggers: tell every session to reload, and expire every cursor
+-- taken before it (the change log cannot replay "everything vanished").
+CREATE OR REPLACE FUNCTION orderstream_orders_truncated()
+RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE order_changes_horizon SET pruned_xid = greatest(pruned_xid, pg_current_xact_id());
+    PERFORM pg_notify('orders', 'truncate');
+    RETURN NULL;
+END
+$$;
+
+DROP TRIGGER IF EXISTS orders_truncate ON orders;
+CREATE TRIGGER orders_truncate
+    AFTER TRUNCATE ON orders
+    FOR EACH STATEMENT EXECUTE FUNCTION orderstream_orders_truncated();
+
 -- Rights: a change to who may read what reaches every open socket in commit order, on
 -- channel 'auth', so a demoted, deleted or revoked session stops seeing events at once.
 CREATE OR REPLACE FUNCTION orderstream_users_notify()

@@ -3,11 +3,16 @@ socket, and only the sockets allowed to see it."""
 
 from __future__ import annotations
 
+import secrets
 from decimal import Decimal
 
 import psycopg
+import pytest
 
-from tests.conftest import insert_order, open_socket
+from cli.users import create_token, create_user
+from db.embedded import database_url
+from db.migrate import migrate
+from tests.conftest import FAST_PASSWORDS, ServerProcess, User, insert_order, open_socket
 
 
 async def test_sql_insert_update_delete_reach_the_owner(server, make_user, sql):
@@ -180,3 +185,39 @@ async def test_version_and_updated_at_are_kept_by_the_database(make_user, sql):
     row = sql.execute("UPDATE orders SET version = 99, quantity = 11 WHERE id = %s"
                       " RETURNING version, updated_at > created_at", (order_id,)).fetchone()
     assert row == (2, True)
+
+
+async def test_truncate_tells_every_session_to_reload(own_server, db_url):
+    """TRUNCATE fires no row triggers; sessions get resync and old cursors expire. (On a
+    database of its own: truncating the shared one would disturb other tests.)"""
+    name = f"truncate_{secrets.token_hex(3)}"
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = database_url(db_url, name)
+    try:
+        migrate(url)
+        uid = create_user(url, FAST_PASSWORDS, "trunc", "trunc-password", False)
+        user = User(uid, "trunc", "trunc-password", create_token(url, "trunc"), False)
+        proc = ServerProcess(url, own_server.data_dir)
+        proc.start()
+        try:
+            with psycopg.connect(url, autocommit=True) as sql:
+                async with open_socket(proc, user) as ws:
+                    await ws.subscribe_orders()
+                    insert_order(sql, uid)
+                    cursor = (await ws.recv_type("order"))["cursor"]
+                    sql.execute("TRUNCATE orders")
+                    assert (await ws.recv_type("resync"))["reason"] == "orders truncated"
+                async with open_socket(proc, user) as ws:
+                    await ws.subscribe_orders(after=cursor)
+                    assert (await ws.recv_type("resync"))["reason"] == "cursor expired"
+        finally:
+            proc.stop()
+    finally:
+        with psycopg.connect(db_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+async def test_an_absurd_quote_is_refused_by_a_constraint(sql):
+    with pytest.raises(psycopg.errors.CheckViolation):
+        sql.execute("INSERT INTO quotes (instrument, bid) VALUES ('HUGE', 1e7990)")

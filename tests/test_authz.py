@@ -330,3 +330,15 @@ async def test_session_cookie_is_secure_over_https(server):
     session = [c for c in cookies if c.startswith("orderstream_session=")]
     assert session, cookies
     assert "secure" in {part.strip().lower() for part in session[0].split(";")[1:]}
+
+
+async def test_a_password_that_is_not_unicode_is_a_422(server, make_user):
+    boss, victim = make_user(staff=True), make_user()
+    async with httpx.AsyncClient(base_url=server.base_url, timeout=10) as client:
+        for method, url, body in (
+            ("PATCH", f"/api/users/{victim.id}", {"password": "\ud800abcdefgh"}),
+            ("POST", "/api/users", {"username": "surrogate", "password": "\ud800abcdefgh"}),
+        ):
+            response = await client.request(method, url, headers=boss.auth, json=body)
+            assert response.status_code == 422
+            assert response.json()["error"]["fields"]["password"] == "must be valid Unicode text"

@@ -58,6 +58,7 @@ _CONSTRAINT_FIELDS = {
     "orders_owner_id_fkey": ("owner_id", "no such user"),
     "users_username_format": ("username", "1-64 letters, digits or _ . @ -"),
     "users_username_key": ("username", "is taken"),
+    "quotes_numbers_fit": ("bid", "bid, ask and last must be at most 40 characters as text"),
 }
 
 
