@@ -107,6 +107,15 @@ class Position:
             if self._forgotten_upto is not None and watermark > self._forgotten_upto:
                 self._forgotten_upto = None
 
+    def highest(self) -> int:
+        """No transaction above this one is covered."""
+        candidates = [self.watermark - 1]
+        if self._highs:
+            candidates.append(self._highs[-1])
+        if self.current is not None:
+            candidates.append(self.current[0])
+        return max(candidates)
+
     def finished_ranges(self) -> list[tuple[int, int]]:
         """The finished transactions at or above the watermark (empty if forgotten)."""
         return list(zip(self._lows, self._highs, strict=True)) if self.complete else []

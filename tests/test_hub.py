@@ -138,3 +138,21 @@ def test_apply_rights_demotes_closes_and_keeps():
     assert by_token.closing and by_token.close_reason == "token revoked"
     assert not by_cookie.closing
     assert gone.closing and gone.close_reason == "account deleted"
+
+
+def test_a_resumed_session_skips_what_it_already_has_from_a_process_that_was_ahead():
+    from db.position import Position
+
+    hub = Hub()
+    s = hub.open_session(1, False)
+    hub.subscribe_orders(s, 1, hold=True)
+    # The client's cursor (from another, faster process) covers transaction 5 up to seq 2.
+    client_has = Position.parse("5;5.2")
+    hub.release_held(s, [], client_has.covers, client_has.highest())
+    hub.publish_order(1, 5, 1, None, frame(1, 1))  # this process is still behind
+    hub.publish_order(2, 5, 1, None, frame(2, 1))
+    hub.publish_order(3, 5, 1, None, frame(3, 1))  # new to the client
+    hub.publish_order(4, 6, 1, None, frame(4, 1))
+    assert [f["seq"] for f in drain(s)] == [3, 4]
+    hub.advance_watermark(7)
+    assert s.already_has is None  # past everything the cursor covered

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -56,22 +57,24 @@ class Session:
     orders_key: OwnerKey | None = None
     instruments: frozenset[str] = frozenset()
     overflows: int = 0
-    # While a resume replays from the change log, live events wait here as (txn, frame).
-    held: list[tuple[int, str]] | None = None
+    # While a resume replays from the change log, live events wait here.
+    held: list[tuple[int, int, str]] | None = None  # (txn, seq, frame)
     held_overflowed: bool = False
-    # Transactions the replay delivered: their live events must not be sent again.
-    skip_txns: set[int] = field(default_factory=set)
+    # After a resume: events the client already has (by the replay, or before it
+    # reconnected, perhaps through another server process that was ahead of this one).
+    already_has: Callable[[int, int], bool] | None = None
+    already_has_upto: int = 0  # no transaction above this one is covered
 
     def __post_init__(self) -> None:
         self.queue = asyncio.Queue(maxsize=self.queue_size)
 
-    def offer_event(self, txn: int, frame: str) -> None:
-        if self.skip_txns and txn in self.skip_txns:
+    def offer_event(self, txn: int, seq: int, frame: str) -> None:
+        if self.already_has is not None and self.already_has(txn, seq):
             return
         if self.held is None:
             self.offer(frame)
         elif len(self.held) < self.queue_size:
-            self.held.append((txn, frame))
+            self.held.append((txn, seq, frame))
         else:
             self.held_overflowed = True
             self.held.clear()
@@ -150,10 +153,12 @@ class Hub:
         if hold:
             session.held, session.held_overflowed = [], False
 
-    def release_held(self, session: Session, replayed: list[str], replayed_txns: set[int],
-                     resync_reason: str | None = None) -> None:
-        """End a resume: queue the replayed frames, then the live events that waited,
-        minus those of transactions the replay already delivered."""
+    def release_held(self, session: Session, replayed: list[str],
+                     already_has: Callable[[int, int], bool] | None = None,
+                     already_has_upto: int = 0, resync_reason: str | None = None) -> None:
+        """End a resume: queue the replayed frames, then the live events that waited, minus
+        those the client already has (`already_has(txn, seq)`, for transactions up to
+        `already_has_upto`: later ones are all new)."""
         held, session.held = session.held or [], None
         if resync_reason is not None or session.held_overflowed:
             self.counters.resyncs_sent += 1
@@ -161,17 +166,18 @@ class Hub:
             return
         for frame in replayed:
             session.offer(frame)
-        if replayed_txns:
-            session.skip_txns = set(replayed_txns)
+        if already_has is not None:
+            session.already_has, session.already_has_upto = already_has, already_has_upto
             self._skipping.add(session)
-        for txn, frame in held:
-            session.offer_event(txn, frame)
+        for txn, seq, frame in held:
+            session.offer_event(txn, seq, frame)
 
     def advance_watermark(self, watermark: int) -> None:
-        """Every transaction below `watermark` has been published: forget replay skips."""
+        """Every transaction below `watermark` has been published: stop checking what
+        resumed sessions already have once the stream is past all of it."""
         for session in list(self._skipping):
-            session.skip_txns = {t for t in session.skip_txns if t >= watermark}
-            if not session.skip_txns:
+            if watermark > session.already_has_upto:
+                session.already_has = None
                 self._skipping.discard(session)
 
     def unsubscribe_orders(self, session: Session) -> None:
@@ -217,15 +223,15 @@ class Hub:
         moved = old_owner_id is not None and old_owner_id != owner_id
         owner_frame = frame_with_op(frame, "insert") if moved else frame
         for session in self._by_owner.get(owner_id, ()):
-            session.offer_event(txn, owner_frame)
+            session.offer_event(txn, seq, owner_frame)
         for session in self._by_owner.get(ALL_OWNERS, ()):
-            session.offer_event(txn, frame)
+            session.offer_event(txn, seq, frame)
         if old_owner_id is not None and old_owner_id != owner_id:
             losers = self._by_owner.get(old_owner_id)
             if losers:
                 gone = delete_frame_for(frame, old_owner_id)
                 for session in losers:
-                    session.offer_event(txn, gone)
+                    session.offer_event(txn, seq, gone)
 
     def publish_quote(self, instrument: str, frame: str) -> None:
         self.counters.quotes_received += 1

@@ -211,7 +211,7 @@ class Protocol:
         if self.session.orders_generation != generation or self.session.closing:
             return  # unsubscribed, resubscribed, demoted or revoked meanwhile: void
         if changes is None:
-            self.hub.release_held(self.session, [], set(), resync_reason="cursor expired")
+            self.hub.release_held(self.session, [], resync_reason="cursor expired")
             return
         frames = []
         for change in changes:
@@ -222,7 +222,7 @@ class Protocol:
             elif owner is not None and change.old_owner_id not in (None, owner):
                 frame = frame_with_op(frame, "insert")  # it moved to this owner
             frames.append(frame)
-        self.hub.release_held(self.session, frames, {change.xid for change in changes})
+        self.hub.release_held(self.session, frames, position.covers, position.highest())
 
     async def subscribe_quotes(self, message: dict[str, Any]) -> None:
         instruments = message.get("instruments")
