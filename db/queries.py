@@ -360,7 +360,10 @@ async def _changes_since(conn: asyncpg.Connection, position: Position, owner_id:
         return None
     rows = await conn.fetch(
         "SELECT c.seq, c.xid::text::bigint AS xid, c.owner_id, c.old_owner_id, c.frame"
-        f" {_UNCOVERED} ORDER BY c.xid, c.seq", *args)
+        # The rest of the transaction under way comes first: it committed before anything
+        # else not yet delivered, and the next cursor must not call it finished early.
+        f" {_UNCOVERED} ORDER BY c.xid::text::bigint IS DISTINCT FROM $4::bigint,"
+        " c.xid, c.seq", *args)
     return [Change(r["seq"], r["xid"], r["owner_id"], r["old_owner_id"], r["frame"])
             for r in rows]
 

@@ -156,3 +156,28 @@ def test_a_resumed_session_skips_what_it_already_has_from_a_process_that_was_ahe
     assert [f["seq"] for f in drain(s)] == [3, 4]
     hub.advance_watermark(7)
     assert s.already_has is None  # past everything the cursor covered
+
+
+def test_narrow_never_gives_back_what_the_stream_took():
+    from db.rights import Rights
+
+    hub = Hub()
+    s = hub.open_session(9, True)
+    hub.subscribe_orders(s, ALL_OWNERS)
+    hub.apply_rights(hub.identities(), Rights(staff={9: False}, tokens=set(),
+                                              web_sessions=set()))  # the stream demotes
+    hub.narrow(s, Rights(staff={9: True}, tokens=set(), web_sessions=set()))  # older rights
+    assert s.is_staff is False and s.orders_key is None
+
+
+def test_a_new_subscription_forgets_the_previous_resume():
+    from db.position import Position
+
+    hub = Hub()
+    s = hub.open_session(9, True)
+    hub.subscribe_orders(s, 1, hold=True)
+    cursor = Position.parse("100")
+    hub.release_held(s, [], cursor.covers, cursor.highest())
+    hub.subscribe_orders(s, ALL_OWNERS)  # no cursor: everything from now on is new
+    hub.publish_order(1, 50, 2, None, frame(1, 2))
+    assert [f["seq"] for f in drain(s)] == [1]

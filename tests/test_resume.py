@@ -159,3 +159,31 @@ async def test_resume_in_the_middle_of_a_transaction(server, make_user, sql, db_
         rest = [await ws.recv_type("order") for _ in range(2)]
         assert [e["order"]["id"] for e in rest] == ids[1:]
         await ws.assert_silent()
+
+
+async def test_a_transaction_split_by_the_disconnect_is_finished_first(server, make_user,
+                                                                        db_url):
+    """Y takes its xid first, X commits two events, the client sees one and leaves, then Y
+    commits. The resume must give X's rest before Y, or Y's cursor would call X finished."""
+    alice = make_user()
+    with psycopg.connect(db_url) as x, psycopg.connect(db_url) as y:
+        y.execute("SELECT pg_current_xact_id()")  # Y's xid is lower than X's
+        async with open_socket(server, alice) as ws:
+            await ws.subscribe_orders()
+            for name in ("X1", "X2"):
+                x.execute("INSERT INTO orders (owner_id, instrument, quantity, price)"
+                          " VALUES (%s, %s, 1, 1)", (alice.id, name))
+            x.commit()
+            x1 = await ws.recv_type("order")
+            assert x1["order"]["instrument"] == "X1"
+        y.execute("INSERT INTO orders (owner_id, instrument, quantity, price)"
+                  " VALUES (%s, 'Y1', 1, 1)", (alice.id,))
+        y.commit()
+    async with open_socket(server, alice) as ws:
+        await ws.subscribe_orders(after=x1["cursor"])
+        first = await ws.recv_type("order")
+        assert first["order"]["instrument"] == "X2"
+    async with open_socket(server, alice) as ws:  # left again after X2
+        await ws.subscribe_orders(after=first["cursor"])
+        assert (await ws.recv_type("order"))["order"]["instrument"] == "Y1"
+        await ws.assert_silent()

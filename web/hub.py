@@ -147,6 +147,7 @@ class Hub:
         previous orders subscription. Authorisation is the caller's job. With `hold`, live
         events wait until release_held() (a resume is replaying what came before)."""
         self.unsubscribe_orders(session)
+        self._forget_resume(session)
         self._by_owner.setdefault(key, set()).add(session)
         session.orders_key = key
         session.orders_generation += 1
@@ -160,6 +161,7 @@ class Hub:
         those the client already has (`already_has(txn, seq)`, for transactions up to
         `already_has_upto`: later ones are all new)."""
         held, session.held = session.held or [], None
+        self._forget_resume(session)
         if resync_reason is not None or session.held_overflowed:
             self.counters.resyncs_sent += 1
             session.offer(resync_frame(resync_reason or "overflow"))
@@ -171,6 +173,31 @@ class Hub:
             self._skipping.add(session)
         for txn, seq, frame in held:
             session.offer_event(txn, seq, frame)
+
+    def _forget_resume(self, session: Session) -> None:
+        session.already_has = None
+        self._skipping.discard(session)
+
+    def narrow(self, session: Session, rights: Rights) -> None:
+        """Apply rights read in a resume's snapshot to that session, only ever taking
+        away: the stream may already have applied newer ones (a later promotion is not
+        undone here; a later demotion must not be undone by these older rights)."""
+        if session.user_id not in rights.staff:
+            session.close(1008, "account deleted")
+        elif session.token_id is not None and session.token_id not in rights.tokens:
+            session.close(1008, "token revoked")
+        elif session.session_id is not None and session.session_id not in rights.web_sessions:
+            session.close(1008, "logged out")
+        elif not rights.staff[session.user_id] and session.is_staff:
+            self._demote(session)
+
+    def _demote(self, session: Session) -> None:
+        session.is_staff = False
+        if session.orders_key not in (None, session.user_id):
+            self.unsubscribe_orders(session)
+            session.offer(json.dumps({
+                "type": "error", "code": "forbidden",
+                "message": "staff rights were revoked; subscribe to your own orders"}))
 
     def advance_watermark(self, watermark: int) -> None:
         """Every transaction below `watermark` has been published: stop checking what
@@ -186,6 +213,7 @@ class Hub:
             return
         session.orders_generation += 1
         session.held = None
+        self._forget_resume(session)
         subscribers = self._by_owner.get(key)
         if subscribers is not None:
             subscribers.discard(session)
@@ -272,12 +300,7 @@ class Hub:
                       and session.session_id not in rights.web_sessions):
                     session.close(1008, "logged out")
                 elif not rights.staff[user_id] and session.is_staff:
-                    session.is_staff = False
-                    if session.orders_key not in (None, session.user_id):
-                        self.unsubscribe_orders(session)
-                        session.offer(json.dumps({
-                            "type": "error", "code": "forbidden",
-                            "message": "staff rights were revoked; subscribe to your own orders"}))
+                    self._demote(session)
                 else:
                     session.is_staff = rights.staff[user_id]
 

@@ -207,7 +207,7 @@ class Protocol:
         if rights is not None:
             # The replay may hold changes committed after a change of rights the stream
             # has not brought yet: judge them by rights read in the replay's snapshot.
-            self.hub.apply_rights(who, rights)
+            self.hub.narrow(self.session, rights)
         if self.session.orders_generation != generation or self.session.closing:
             return  # unsubscribed, resubscribed, demoted or revoked meanwhile: void
         if changes is None:
