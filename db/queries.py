@@ -235,16 +235,20 @@ async def list_orders(db: Executor, query: OrderQuery) -> OrderPage:
     # A unique tiebreaker keeps pages stable when sort values repeat.
     order_by += ", o.id DESC" if query.sort[-1] != ("id", False) else ""
     limit, offset = arg(query.limit), arg(query.offset)
+    # Without a search the filtered count is the total: count once, and without the join.
+    filtered = f"(SELECT count(*) {_FROM} WHERE {where_filtered})" if filters else "NULL"
     sql = (
-        f"SELECT (SELECT count(*) {_FROM} WHERE {scope}) AS total,"
-        f" (SELECT count(*) {_FROM} WHERE {where_filtered}) AS filtered,"
+        f"SELECT (SELECT count(*) FROM orders o WHERE {scope}) AS total,"
+        f" {filtered} AS filtered,"
         f" (SELECT coalesce(array_agg(j), '{{}}') FROM (SELECT {_ORDER_JSON} AS j {_FROM}"
         f"  WHERE {where_filtered} ORDER BY {order_by} LIMIT {limit} OFFSET {offset}) page)"
         " AS items,"
         " (SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM order_event_seq) AS seq"
     )
     row = await db.fetchrow(sql, *args)
-    return OrderPage(list(row["items"]), row["total"], row["filtered"], row["seq"])
+    total = row["total"]
+    return OrderPage(list(row["items"]), total,
+                     total if row["filtered"] is None else row["filtered"], row["seq"])
 
 
 async def get_order(db: Executor, order_id: int, owner_id: int | None) -> str | None:
