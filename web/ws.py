@@ -199,11 +199,12 @@ class Protocol:
         owner = None if key == ALL_OWNERS else key
         generation = self.session.orders_generation
         who = self.hub.identities_of(self.session)
+        expired = "cursor expired"
         try:
             rights, changes = await self.state.replay(position, who, owner)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
             log.exception("replay for a resuming session failed")
-            rights, changes = None, None
+            rights, changes, expired = None, None, "replay failed"
         if rights is not None:
             # The replay may hold changes committed after a change of rights the stream
             # has not brought yet: judge them by rights read in the replay's snapshot.
@@ -211,7 +212,7 @@ class Protocol:
         if self.session.orders_generation != generation or self.session.closing:
             return  # unsubscribed, resubscribed, demoted or revoked meanwhile: void
         if changes is None:
-            self.hub.release_held(self.session, [], resync_reason="cursor expired")
+            self.hub.release_held(self.session, [], resync_reason=expired)
             return
         frames = []
         for change in changes:
