@@ -3,7 +3,6 @@
 import atexit
 import contextlib
 import fcntl
-import json
 import logging
 import os
 import pwd
@@ -15,12 +14,15 @@ import threading
 import time
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import psutil
+
+from db import pgdata
+from db.pgdata import HOLDERS_FILE as HOLDERS_FILE  # re-exported: tests read the file by name
+from db.pgdata import Postmaster
 
 with warnings.catch_warnings():
     # Importing the package builds pgserver's PostgresServer class, whose body asks platformdirs
@@ -36,14 +38,9 @@ SUPERUSER = "postgres"
 PORT = 5432
 # As root, postgres refuses to run; the server runs as this system user (pgserver's choice).
 SYSTEM_USER = "pgserver"
-# pgserver's name and format (a JSON list of pids), so pgserver itself agrees on the holders.
-HOLDERS_FILE = ".handle_pids.json"
 LOG_FILE = "postgres.log"
 START_TIMEOUT = 60.0  # seconds, for pg_ctl start (crash recovery may take a while)
 STOP_TIMEOUT = 30.0  # seconds, for a fast shutdown before escalating
-# Written over the pid in a stale postmaster.pid: above any pid_max (Linux 2**22, macOS 99998),
-# so postgres sees "no such process" and still runs its shared-memory-in-use check.
-_NO_SUCH_PID = 2**31 - 1
 _STALE_SHMEM = "pre-existing shared memory block"
 
 # One lock per process guards the module state below; a flock per data directory
@@ -59,16 +56,6 @@ _prepared_installs: set[Path] = set()
 
 class EmbeddedPostgresError(RuntimeError):
     """The embedded server could not be started or stopped."""
-
-
-@dataclass(frozen=True)
-class _Postmaster:
-    """The parts of `postmaster.pid` we use."""
-
-    pid: int
-    socket_dir: Path | None
-    port: int | None
-    status: str
 
 
 class EmbeddedPostgres:
@@ -104,7 +91,7 @@ class EmbeddedPostgres:
                 self._prepare()
                 postmaster = self._ensure_running()
                 if not keep_running:
-                    self._update_holders(add=os.getpid())
+                    pgdata.update_holders(self.data_dir, add=os.getpid())
                     _holders[self.data_dir] = _holders.get(self.data_dir, 0) + 1
             self._url = _server_url(postmaster)
             self._keep_running = keep_running
@@ -129,8 +116,8 @@ class EmbeddedPostgres:
     @property
     def pid(self) -> int | None:
         """The postmaster's pid, or None when no server runs on the data directory."""
-        postmaster = self._read_postmaster()
-        if postmaster is not None and self._is_our_postmaster(postmaster.pid):
+        postmaster = pgdata.read_postmaster(self.data_dir)
+        if postmaster is not None and pgdata.is_our_postmaster(self.data_dir, postmaster.pid):
             return postmaster.pid
         return None
 
@@ -153,7 +140,7 @@ class EmbeddedPostgres:
                     _holders[self.data_dir] = left
                     return
                 _holders.pop(self.data_dir, None)
-                others = self._update_holders(remove=os.getpid())
+                others = pgdata.update_holders(self.data_dir, remove=os.getpid())
                 if others:
                     logger.info("PostgreSQL for %s left running for pids %s", self.data_dir, others)
                     return
@@ -170,7 +157,7 @@ class EmbeddedPostgres:
                     f"restart(): the server for {self.data_dir} is not started"
                 )
             with self._locked():
-                before = self._read_postmaster()
+                before = pgdata.read_postmaster(self.data_dir)
                 self._stop_postmaster()
                 socket_dir = before.socket_dir if before is not None else None
                 self._url = _server_url(self._ensure_running(socket_dir))
@@ -267,51 +254,14 @@ class EmbeddedPostgres:
 
     # -- postmaster ----------------------------------------------------------------------------
 
-    def _read_postmaster(self) -> _Postmaster | None:
-        try:
-            lines = (self.data_dir / "postmaster.pid").read_text().splitlines()
-        except (FileNotFoundError, NotADirectoryError, PermissionError):
-            return None
-        # Lines: pid, data dir, start time, port, socket dir, listen address, shmem key, status;
-        # the later ones are appended while the server starts.
-        try:
-            pid = int(lines[0])
-        except (IndexError, ValueError):
-            return None
-
-        def line(index: int) -> str:
-            return lines[index].strip() if len(lines) > index else ""
-
-        port = line(3)
-        return _Postmaster(
-            pid=pid,
-            socket_dir=Path(line(4)) if line(4) else None,
-            port=int(port) if port.isdigit() else None,
-            status=line(7),
-        )
-
-    def _is_our_postmaster(self, pid: int) -> bool:
-        """Whether `pid` is a live postgres whose data directory is ours (not a reused pid)."""
-        try:
-            process = psutil.Process(pid)
-            if process.status() == psutil.STATUS_ZOMBIE or not _is_postgres(process):
-                return False
-            try:
-                # The postmaster runs in its data directory.
-                return Path(process.cwd()) == self.data_dir
-            except psutil.AccessDenied:
-                return True
-        except (psutil.NoSuchProcess, psutil.ZombieProcess):
-            return False
-
-    def _ensure_running(self, socket_dir: Path | None = None) -> _Postmaster:
+    def _ensure_running(self, socket_dir: Path | None = None) -> Postmaster:
         """The running postmaster, started if needed (call under the data directory lock)."""
         deadline = time.monotonic() + START_TIMEOUT
         while True:
-            postmaster = self._read_postmaster()
-            if postmaster is None or not self._is_our_postmaster(postmaster.pid):
+            postmaster = pgdata.read_postmaster(self.data_dir)
+            if postmaster is None or not pgdata.is_our_postmaster(self.data_dir, postmaster.pid):
                 if postmaster is not None:
-                    self._clear_stale(postmaster)
+                    pgdata.clear_stale(self.data_dir, postmaster)
                 return self._launch(socket_dir)
             if postmaster.status == "ready":
                 return postmaster
@@ -322,33 +272,7 @@ class EmbeddedPostgres:
                 )
             time.sleep(0.05)
 
-    def _clear_stale(self, postmaster: _Postmaster) -> None:
-        """Defuse lock files left by a killed server.
-
-        postgres itself ignores a postmaster.pid whose pid is gone, but not one whose pid is a
-        zombie (no init reaping it, as in containers) or was reused by another program.
-        """
-        logger.warning(
-            "%s names pid %d, which is not a running PostgreSQL for it; treating it as stale",
-            self.data_dir / "postmaster.pid",
-            postmaster.pid,
-        )
-        pid_file = self.data_dir / "postmaster.pid"
-        try:
-            lines = pid_file.read_text().splitlines(keepends=True)
-        except FileNotFoundError:  # a server stopped by hand just removed it
-            return
-        # Rewrite rather than delete, so postgres still checks that no orphaned backend of the
-        # killed server is attached to its shared memory.
-        pid_file.write_text("".join([f"{_NO_SUCH_PID}\n", *lines[1:]]))
-        if postmaster.socket_dir is not None and postmaster.port is not None:
-            socket_lock = postmaster.socket_dir / f".s.PGSQL.{postmaster.port}.lock"
-            with contextlib.suppress(FileNotFoundError, ValueError, IndexError):
-                owner = int(socket_lock.read_text().splitlines()[0])
-                if not _is_live_postgres(owner):
-                    socket_lock.unlink()
-
-    def _launch(self, socket_dir: Path | None) -> _Postmaster:
+    def _launch(self, socket_dir: Path | None) -> Postmaster:
         """Start a postmaster with pg_ctl and wait until it accepts connections."""
         if socket_dir is None:
             # The data directory itself, unless its path is too long for a Unix socket.
@@ -393,7 +317,7 @@ class EmbeddedPostgres:
                     time.sleep(0.25)
                     continue
                 raise
-            postmaster = self._read_postmaster()
+            postmaster = pgdata.read_postmaster(self.data_dir)
             if postmaster is None or postmaster.status != "ready":
                 raise EmbeddedPostgresError(
                     f"pg_ctl reported PostgreSQL started in {self.data_dir}, but postmaster.pid "
@@ -409,8 +333,8 @@ class EmbeddedPostgres:
 
     def _stop_postmaster(self) -> None:
         """Fast shutdown (disconnect clients, checkpoint), escalating if it hangs."""
-        postmaster = self._read_postmaster()
-        if postmaster is None or not self._is_our_postmaster(postmaster.pid):
+        postmaster = pgdata.read_postmaster(self.data_dir)
+        if postmaster is None or not pgdata.is_our_postmaster(self.data_dir, postmaster.pid):
             return
         began = time.monotonic()
         # Signal it ourselves rather than via pg_ctl stop, which trusts the pid file blindly.
@@ -422,9 +346,12 @@ class EmbeddedPostgres:
             with contextlib.suppress(psutil.NoSuchProcess):
                 psutil.Process(postmaster.pid).send_signal(sig)
             deadline = time.monotonic() + timeout
-            while self._is_our_postmaster(postmaster.pid) and time.monotonic() < deadline:
+            while (
+                pgdata.is_our_postmaster(self.data_dir, postmaster.pid)
+                and time.monotonic() < deadline
+            ):
                 time.sleep(0.02)
-            if not self._is_our_postmaster(postmaster.pid):
+            if not pgdata.is_our_postmaster(self.data_dir, postmaster.pid):
                 logger.info(
                     "stopped PostgreSQL (pid %d) in %s in %.2fs",
                     postmaster.pid,
@@ -439,32 +366,6 @@ class EmbeddedPostgres:
                 timeout,
             )
         raise EmbeddedPostgresError(f"could not stop PostgreSQL (pid {postmaster.pid})")
-
-    # -- holders -------------------------------------------------------------------------------
-
-    def _update_holders(self, add: int | None = None, remove: int | None = None) -> list[int]:
-        """Prune dead pids from HOLDERS_FILE, apply the change, return the others left."""
-        path = self.data_dir / HOLDERS_FILE
-        try:
-            stored = json.loads(path.read_text() or "[]")
-        except FileNotFoundError:
-            stored = []
-        except (ValueError, OSError) as error:
-            logger.warning("ignoring unreadable %s: %s", path, error)
-            stored = []
-        if not isinstance(stored, list):
-            stored = []
-        pids = [pid for pid in stored if isinstance(pid, int) and _is_alive(pid) and pid != remove]
-        pruned = [pid for pid in stored if pid not in pids and pid != remove]
-        if pruned:
-            logger.info("pruned dead holder pids %s from %s", pruned, path)
-        if add is not None and add not in pids:
-            pids.append(add)
-        if pids != stored:
-            temporary = path.with_name(path.name + ".tmp")
-            temporary.write_text(json.dumps(pids))
-            temporary.replace(path)
-        return [pid for pid in pids if pid != os.getpid()]
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -531,7 +432,7 @@ def database_url(url: str, dbname: str) -> str:
     return urlunsplit(parts._replace(path="/" + quote(dbname, safe="")))
 
 
-def _server_url(postmaster: _Postmaster) -> str:
+def _server_url(postmaster: Postmaster) -> str:
     # libpq (psql, psycopg) and asyncpg all read host=<directory> as a Unix socket. The port is
     # spelled out so a PGPORT in the client's environment cannot redirect it.
     if postmaster.socket_dir is None:
@@ -552,25 +453,3 @@ def _run_as() -> dict[str, Any]:
         return {}
     entry = pwd.getpwnam(system_user)
     return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
-
-
-def _is_postgres(process: psutil.Process) -> bool:
-    return process.name().startswith("postgres")
-
-
-def _is_live_postgres(pid: int) -> bool:
-    try:
-        process = psutil.Process(pid)
-        return process.status() != psutil.STATUS_ZOMBIE and _is_postgres(process)
-    except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
-        return False
-
-
-def _is_alive(pid: int) -> bool:
-    """Whether `pid` runs (a zombie, killed but not yet reaped, does not)."""
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except (psutil.NoSuchProcess, psutil.ZombieProcess):
-        return False
-    except psutil.AccessDenied:
-        return True
