@@ -94,13 +94,7 @@ class Listener:
         self.reconnects = 0
         self.replays = 0
         self.anomalies = 0
-        self.notifications = 0
-        self.last_loss_detected_at: float | None = None
-        self.last_recovered_at: float | None = None
 
-    @property
-    def backend_pid(self) -> int | None:
-        return self._conn.get_server_pid() if self._conn is not None else None
 
     async def start(self, timeout: float = 30.0) -> None:
         """Connect and LISTEN; returns once listening (raises if that fails within `timeout`)."""
@@ -162,7 +156,6 @@ class Listener:
     def _mark_lost(self, why: str) -> None:
         if not self._lost.is_set():
             log.warning("listener lost: %s", why)
-            self.last_loss_detected_at = time.monotonic()
             self.listening.clear()
             self._lost.set()
             # The gap starts here, before anything the next connection hears: events
@@ -243,7 +236,6 @@ class Listener:
                 await self._recover("dispatch failed")
 
     async def _dispatch(self, channel: str, payload: str) -> None:
-        self.notifications += 1
         if channel == QUOTES_CHANNEL:
             quote = json.loads(payload)
             self._sink.publish_quote(quote["instrument"], payload)
@@ -328,9 +320,8 @@ class Listener:
                 await asyncio.sleep(0)  # let the senders drain between slices
         self._replayed |= {change.xid for change in changes}
         self.replays += 1
-        self.last_recovered_at = time.monotonic()
         log.info("%s: replayed %d missed events in %.1f ms", reason, len(changes),
-                 (self.last_recovered_at - started) * 1000)
+                 (time.monotonic() - started) * 1000)
 
 
 def _own_orders_only(who: Identities) -> Rights:

@@ -125,64 +125,71 @@ CREATE TRIGGER orders_truncate
     FOR EACH STATEMENT EXECUTE FUNCTION orderstream_orders_truncated();
 
 -- Rights: a change to who may read what reaches every open socket in commit order, on
--- channel 'auth', so a demoted, deleted or revoked session stops seeing events at once.
-CREATE OR REPLACE FUNCTION orderstream_users_notify()
+-- channel 'auth'. The payload only names the user: anyone who can connect may NOTIFY, so
+-- the server re-reads that user's rights from the tables instead of trusting it.
+CREATE OR REPLACE FUNCTION orderstream_rights_changed()
 RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    r jsonb := to_jsonb(CASE WHEN TG_OP = 'DELETE' THEN OLD ELSE NEW END);
 BEGIN
-    IF TG_OP = 'DELETE' THEN
-        PERFORM pg_notify('auth', json_build_object(
-            'user_id', OLD.id, 'deleted', true, 'is_staff', false)::text);
-    ELSIF NEW.is_staff IS DISTINCT FROM OLD.is_staff
-          OR NEW.password_hash IS DISTINCT FROM OLD.password_hash THEN
-        PERFORM pg_notify('auth', json_build_object(
-            'user_id', NEW.id, 'deleted', false, 'is_staff', NEW.is_staff,
-            'password_changed', NEW.password_hash IS DISTINCT FROM OLD.password_hash)::text);
-        IF NEW.password_hash IS DISTINCT FROM OLD.password_hash THEN
-            -- A new password ends every browser session of the user.
-            DELETE FROM web_sessions WHERE user_id = NEW.id;
-        END IF;
-    END IF;
-    RETURN NULL;
-END
-$$;
-
-DROP TRIGGER IF EXISTS users_notify ON users;
-CREATE TRIGGER users_notify
-    AFTER UPDATE OR DELETE ON users
-    FOR EACH ROW EXECUTE FUNCTION orderstream_users_notify();
-
-CREATE OR REPLACE FUNCTION orderstream_tokens_notify()
-RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    IF TG_OP = 'DELETE' THEN
-        PERFORM pg_notify('auth', json_build_object(
-            'user_id', OLD.user_id, 'token_id', OLD.id, 'revoked', true)::text);
-    ELSIF NEW.revoked_at IS NOT NULL AND OLD.revoked_at IS NULL THEN
-        PERFORM pg_notify('auth', json_build_object(
-            'user_id', NEW.user_id, 'token_id', NEW.id, 'revoked', true)::text);
-    END IF;
-    RETURN NULL;
-END
-$$;
-
-DROP TRIGGER IF EXISTS api_tokens_notify ON api_tokens;
-CREATE TRIGGER api_tokens_notify
-    AFTER UPDATE OR DELETE ON api_tokens
-    FOR EACH ROW EXECUTE FUNCTION orderstream_tokens_notify();
-
-CREATE OR REPLACE FUNCTION orderstream_web_sessions_notify()
-RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
+    -- users carry the id itself; api_tokens and web_sessions their user_id.
     PERFORM pg_notify('auth', json_build_object(
-        'user_id', OLD.user_id, 'sid', OLD.sid, 'ended', true)::text);
+        'user_id', coalesce(r -> 'user_id', r -> 'id'))::text);
     RETURN NULL;
 END
 $$;
 
+-- A new password ends every browser session of the user (each end notifies in turn).
+CREATE OR REPLACE FUNCTION orderstream_password_changed()
+RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    DELETE FROM web_sessions WHERE user_id = NEW.id;
+    RETURN NULL;
+END
+$$;
+
+-- Names used by earlier versions of this file.
+DROP TRIGGER IF EXISTS users_notify ON users;
+DROP TRIGGER IF EXISTS api_tokens_notify ON api_tokens;
 DROP TRIGGER IF EXISTS web_sessions_notify ON web_sessions;
-CREATE TRIGGER web_sessions_notify
+DROP FUNCTION IF EXISTS orderstream_users_notify();
+DROP FUNCTION IF EXISTS orderstream_tokens_notify();
+DROP FUNCTION IF EXISTS orderstream_web_sessions_notify();
+
+DROP TRIGGER IF EXISTS users_rights_changed ON users;
+CREATE TRIGGER users_rights_changed
+    AFTER UPDATE OF is_staff, password_hash ON users
+    FOR EACH ROW
+    WHEN (OLD.is_staff IS DISTINCT FROM NEW.is_staff
+          OR OLD.password_hash IS DISTINCT FROM NEW.password_hash)
+    EXECUTE FUNCTION orderstream_rights_changed();
+
+DROP TRIGGER IF EXISTS users_deleted ON users;
+CREATE TRIGGER users_deleted
+    AFTER DELETE ON users
+    FOR EACH ROW EXECUTE FUNCTION orderstream_rights_changed();
+
+DROP TRIGGER IF EXISTS users_password_changed ON users;
+CREATE TRIGGER users_password_changed
+    AFTER UPDATE OF password_hash ON users
+    FOR EACH ROW WHEN (OLD.password_hash IS DISTINCT FROM NEW.password_hash)
+    EXECUTE FUNCTION orderstream_password_changed();
+
+DROP TRIGGER IF EXISTS api_tokens_revoked ON api_tokens;
+CREATE TRIGGER api_tokens_revoked
+    AFTER UPDATE OF revoked_at ON api_tokens
+    FOR EACH ROW WHEN (OLD.revoked_at IS NULL AND NEW.revoked_at IS NOT NULL)
+    EXECUTE FUNCTION orderstream_rights_changed();
+
+DROP TRIGGER IF EXISTS api_tokens_deleted ON api_tokens;
+CREATE TRIGGER api_tokens_deleted
+    AFTER DELETE ON api_tokens
+    FOR EACH ROW EXECUTE FUNCTION orderstream_rights_changed();
+
+DROP TRIGGER IF EXISTS web_sessions_ended ON web_sessions;
+CREATE TRIGGER web_sessions_ended
     AFTER DELETE ON web_sessions
-    FOR EACH ROW EXECUTE FUNCTION orderstream_web_sessions_notify();
+    FOR EACH ROW EXECUTE FUNCTION orderstream_rights_changed();
 
 -- Quotes: the frame itself is the payload on channel 'quotes'.
 CREATE OR REPLACE FUNCTION orderstream_quotes_notify()

@@ -30,7 +30,6 @@ def resync_frame(reason: str) -> str:
 class Counters:
     events_received: int = 0
     quotes_received: int = 0
-    frames_queued: int = 0
     frames_sent: int = 0
     frames_dropped: int = 0
     resyncs_sent: int = 0
@@ -56,7 +55,6 @@ class Session:
     orders_generation: int = 0
     orders_key: OwnerKey | None = None
     instruments: frozenset[str] = frozenset()
-    overflows: int = 0
     # While a resume replays from the change log, live events wait here.
     held: list[tuple[int, int, str]] | None = None  # (txn, seq, frame)
     held_overflowed: bool = False
@@ -85,9 +83,7 @@ class Session:
             return  # nothing may overtake (or, on overflow, wipe out) the queued CLOSE
         try:
             self.queue.put_nowait(frame)
-            self.counters.frames_queued += 1
         except asyncio.QueueFull:
-            self.overflows += 1
             dropped = self.queue.qsize() + 1
             while not self.queue.empty():
                 self.queue.get_nowait()

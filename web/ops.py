@@ -56,6 +56,9 @@ async def metrics(request: Request) -> Response:
             listener.dropped)
     _metric(lines, "orderstream_listener_replays_total", "counter",
             "Gaps in notifications filled from the change log.", listener.replays)
+    _metric(lines, "orderstream_stream_anomalies_total", "counter",
+            "Events that arrived behind the watermark (each sent every session resync).",
+            listener.anomalies)
     return PlainTextResponse("\n".join(lines) + "\n",
                              media_type="text/plain; version=0.0.4; charset=utf-8")
 
