@@ -1,7 +1,9 @@
 // Keeps an OrdersTable equal to the server: loads pages from the API, applies the stream race-free by version.
 //
 // The recipe (DESIGN.md): subscribe, buffer events until `subscribed`, load the page, then apply buffered
-// and live events whose order.version is above the version known for that id; deletes always apply.
+// and live events by version (VersionBook, docs/protocol.md "Versions and tombstones"): an insert/update
+// applies above every version known for its id, a delete unless a newer version is known; a delete at
+// version v hides the order's events and page rows at or below v, and a higher version brings it back.
 
 import { listOrders } from './api.js';
 import { comparator, matchesSearch } from './order-query.js';
@@ -88,6 +90,9 @@ export class OrderFeed extends EventTarget {
 
   /** The subscription changed (e.g. staff picked another owner): resubscribe, then reload. */
   resubscribe() {
+    // An owner move reaches the old owner's view as a delete at the move's version: such tombstones hold
+    // for that view only, so a view of other owners starts afresh (and trusts its page load).
+    this.book = new VersionBook();
     if (!this.realtime || !this.socket.isOpen) {
       this.load();
       return;
@@ -204,14 +209,19 @@ export class OrderFeed extends EventTarget {
     const order = frame.order || {};
     const id = Number(order.id);
     if (!Number.isFinite(id)) return;
+    // From an old subscription still in flight (a delete names the owner it was sent for, when it does).
+    if ((frame.op !== 'delete' || order.owner_id !== undefined) && !this.accepts(order)) return;
+    const shown = this.table.get(id);
+    const shownVersion = shown ? Number(shown.version) : -1;
 
-    if (frame.op === 'delete') { // deletes always apply (removing a row that is not shown is harmless)
-      this.book.recordDelete(id);
+    if (frame.op === 'delete') {
+      // Stale (a newer version brought the order back) or already deleted: nothing changes.
+      if (!this.book.recordDelete(id, order.version, shownVersion)) return;
       if (this.table.remove(id)) {
         this.total -= 1;
         this.filtered -= 1;
         if (this.query.offset + this.table.size < this.filtered) this.scheduleRefill();
-      } else if (!this.query.q && (order.owner_id === undefined || this.accepts(order))) {
+      } else if (!this.query.q) {
         this.total -= 1;
         this.filtered -= 1;
         // If it was on an earlier page, this page's rows moved up by one: fetch it again.
@@ -224,20 +234,21 @@ export class OrderFeed extends EventTarget {
       return;
     }
 
-    if (!this.accepts(order)) return; // from an old subscription still in flight
-    const shown = this.table.get(id);
-    if (!this.book.record(order, shown ? Number(shown.version) : -1)) return; // stale or duplicate
+    // Back from a delete (moved away and back, or a tombstone outrun by a higher version): a new row again.
+    const revived = this.book.isDeleted(id);
+    if (!this.book.record(order, shownVersion)) return; // stale, duplicate, or hidden by a tombstone
+    const added = frame.op === 'insert' || revived;
 
     if (this.table.patch(order)) {
       this.dispatchEvent(new CustomEvent('applied', { detail: { op: 'update', order } }));
       return;
     }
     if (!matchesSearch(order, this.query.q)) {
-      if (frame.op === 'insert') this.total += 1;
+      if (added) this.total += 1;
       this.emitInfo();
       return;
     }
-    if (frame.op === 'insert') {
+    if (added) {
       this.total += 1;
       this.filtered += 1;
       this.place(order, { hint: true });
@@ -248,7 +259,7 @@ export class OrderFeed extends EventTarget {
       this.place(order, { hint: false });
     }
     this.emitInfo();
-    this.dispatchEvent(new CustomEvent('applied', { detail: { op: frame.op, order } }));
+    this.dispatchEvent(new CustomEvent('applied', { detail: { op: added ? 'insert' : frame.op, order } }));
   }
 
   /** Put an order where the sort puts it, if that is on this page; else (inserts) count it in the hint. */

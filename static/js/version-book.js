@@ -1,47 +1,70 @@
-// What the stream has told us per order id: highest version, newest full order, deleted ids (bounded).
+// What the stream has told us per order id: the highest version seen (a tombstone when a delete said it), newest order.
+//
+// The rule (docs/protocol.md, "Versions and tombstones"): an insert/update applies only above every version known for
+// its id; a delete at version v applies unless a higher version is known, and then hides everything at or below v.
+// Replays may deliver a delete before an update of the same version (transaction order): it stays deleted.
 
-const REMEMBER_IDS = 20000; // ids remembered; the oldest are forgotten first
+const REMEMBER_IDS = 20000; // ids remembered; those changed longest ago are forgotten first
 
 export class VersionBook {
   constructor() {
-    this.versions = new Map(); // id -> highest version seen (Map keeps insertion order: oldest first)
-    this.latest = new Map(); // id -> newest full order seen in an event
-    this.deleted = new Set(); // ids deleted (identity ids are never reused)
+    this.known = new Map(); // id -> {version, deleted}: the highest version seen (Map order: oldest change first)
+    this.latest = new Map(); // id -> newest full order seen in an insert/update event (none for tombstones)
   }
 
-  /** Record an insert/update; false when it is not newer than what we know (stale or duplicate). */
+  /** Record an insert/update; false when it is not above what we know (stale, duplicate or deleted). */
   record(order, shownVersion = -1) {
     const id = Number(order.id);
     const version = Number(order.version);
-    if (this.deleted.has(id) || version <= Math.max(this.versions.get(id) ?? -1, shownVersion)) return false;
-    this.remember(id, version);
+    if (!Number.isFinite(version) || version <= Math.max(this.versionOf(id), shownVersion)) return false;
+    this.remember(id, version, false);
     this.latest.set(id, order);
     return true;
   }
 
-  recordDelete(id) {
-    this.deleted.add(id);
-    if (this.deleted.size > REMEMBER_IDS) this.deleted.delete(this.deleted.values().next().value);
+  /**
+   * Record a delete at `version` (the version it deleted, or an owner move's new version); false when it changes
+   * nothing: a newer version is known (`shownVersion`: the row on screen), or it was deleted at that version already.
+   */
+  recordDelete(id, version, shownVersion = -1) {
+    const known = this.known.get(id);
+    // A delete without a version (not sent by this server) hides what we know, no more.
+    const v = Number.isFinite(Number(version)) ? Number(version) : Math.max(this.versionOf(id), shownVersion, 0);
+    if (v < Math.max(known && !known.deleted ? known.version : -1, shownVersion)) return false; // brought back since
+    if (known && known.deleted && v <= known.version) return false; // duplicate, or an older tombstone
+    this.remember(id, v, true);
     this.latest.delete(id);
-    this.versions.delete(id);
+    return true;
   }
 
-  /** Reconcile a row from a page load: null if deleted since, else the newer of it and what events said. */
+  /** Is the id's highest known version a delete? */
+  isDeleted(id) {
+    return this.known.get(Number(id))?.deleted === true;
+  }
+
+  /** Reconcile a row from a page load: null if a delete at its version or later is known, else the newest we have. */
   reconcile(order) {
     const id = Number(order.id);
-    if (this.deleted.has(id)) return null;
+    const version = Number(order.version);
+    const known = this.known.get(id);
+    if (known && known.deleted && version <= known.version) return null;
     const newer = this.latest.get(id);
-    const best = newer && newer.version > order.version ? newer : order;
-    this.remember(id, best.version);
+    const best = newer && Number(newer.version) > version ? newer : order;
+    if (!known || known.deleted || Number(best.version) > known.version) this.remember(id, Number(best.version), false);
     return best;
   }
 
-  remember(id, version) {
-    this.versions.delete(id);
-    this.versions.set(id, version);
-    if (this.versions.size > REMEMBER_IDS) {
-      const oldest = this.versions.keys().next().value;
-      this.versions.delete(oldest);
+  /** The highest version known for the id (a tombstone's included); -1 when none. */
+  versionOf(id) {
+    return this.known.get(Number(id))?.version ?? -1;
+  }
+
+  remember(id, version, deleted) {
+    this.known.delete(id);
+    this.known.set(id, { version, deleted });
+    if (this.known.size > REMEMBER_IDS) {
+      const oldest = this.known.keys().next().value;
+      this.known.delete(oldest);
       this.latest.delete(oldest);
     }
   }
