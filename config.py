@@ -30,11 +30,16 @@ class Settings:
     allowed_origins: list[str] = field(default_factory=list)
     pool_min_size: int = 2
     pool_max_size: int = 10
-    session_queue_size: int = 2000
+    pool_acquire_timeout_s: float = 2.0
+    pool_read_reserve: int = 3
+    api_statement_timeout_ms: int = 5000
+    api_lock_timeout_ms: int = 500
+    session_queue_bytes: int = 1048576
     listener_queue_size: int = 20000
     max_page_size: int = 1000
     change_log_retention_hours: float = 24.0
-    max_replay_events: int = 50000
+    log_read_connections: int = 4
+    log_statement_timeout_ms: int = 10000
     argon2_time_cost: int = 3
     argon2_memory_cost_kib: int = 65536
     login_max_failures: int = 10

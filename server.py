@@ -187,6 +187,9 @@ def _serve(args: argparse.Namespace, settings: config.Settings, url: str) -> int
         "port": settings.port,
         "log_level": settings.log_level,
         "ws_max_size": 256 * 1024,
+        # Frames are small JSON sent at high rates on local networks: compressing each one
+        # cost more CPU than sending it (py-spy, a 100,000-row UPDATE to a staff session).
+        "ws_per_message_deflate": False,
         "timeout_graceful_shutdown": 5,
     }
     # uvicorn re-raises the signal that stopped it once it is done; by then shutdown is

@@ -123,6 +123,49 @@ async def _burst(db: psycopg.AsyncConnection, ws: websockets.ClientConnection,
     return total, time.perf_counter() - started
 
 
+async def _big_statement(db: psycopg.AsyncConnection, port: int, staff_token: str,
+                         owner_id: int, statement: str, params: tuple, rows: int) -> float:
+    """Seconds from the commit of one big statement to the last of its `rows` frames at a
+    staff "*" socket (frames counted, not decoded: the server's time, not this client's)."""
+    async with websockets.connect(f"ws://127.0.0.1:{port}/ws", max_size=2**24, max_queue=None,
+                                  additional_headers={"Authorization": f"Bearer {staff_token}"}
+                                  ) as ws:
+        await ws.send(json.dumps({"op": "subscribe", "channel": "orders", "owner": "*"}))
+        assert json.loads(await ws.recv())["type"] == "subscribed"
+
+        async def count() -> float:
+            got = 0
+            while got < rows:
+                text = await asyncio.wait_for(ws.recv(), 30)
+                if text.startswith('{"type": "resync"'):
+                    raise RuntimeError(f"resync after {got} frames: {text}")
+                got += text.startswith('{"type" : "order"')
+            return time.perf_counter()
+
+        counter = asyncio.create_task(count())
+        await db.execute(statement, params)
+        committed = time.perf_counter()
+        return await counter - committed
+
+
+async def _big_statements(db: psycopg.AsyncConnection, port: int, staff_token: str,
+                          owner_id: int) -> None:
+    print("big statements: commit -> last frame at a staff \"*\" socket (no resync)")
+    for rows in (10_000, 100_000):
+        insert = await _big_statement(
+            db, port, staff_token, owner_id,
+            "INSERT INTO orders (owner_id, instrument, quantity, price)"
+            " SELECT %s, 'BIG', 1, g FROM generate_series(1, %s) g", (owner_id, rows), rows)
+        update = await _big_statement(
+            db, port, staff_token, owner_id,
+            "UPDATE orders SET price = price + 1 WHERE owner_id = %s AND instrument = 'BIG'",
+            (owner_id,), rows)
+        await db.execute("DELETE FROM orders WHERE owner_id = %s AND instrument = 'BIG'",
+                         (owner_id,))
+        print(f"  {rows:>7,} rows   INSERT ... SELECT {insert:6.2f} s   UPDATE {update:6.2f} s"
+              f"   ({rows / max(insert, update):,.0f} events/s at least)")
+
+
 async def _writer_cost(db: psycopg.AsyncConnection, order_id: int, updates: int
                        ) -> tuple[float, float]:
     """Seconds for `updates` single-row autocommit updates with and without user triggers."""
@@ -198,8 +241,8 @@ async def _listener_loss(db: psycopg.AsyncConnection, ws: websockets.ClientConne
     return results
 
 
-async def _run(url: str, port: int, token: str, owner_id: int, order_ids: list[int],
-               updates: int, burst: int, clients: int) -> None:
+async def _run(url: str, port: int, token: str, staff_token: str, owner_id: int,
+               order_ids: list[int], updates: int, burst: int, clients: int) -> None:
     async with await psycopg.AsyncConnection.connect(url, autocommit=True) as db:
         ws = await _socket(port, token)
         extra = [await _socket(port, token) for _ in range(clients)]
@@ -239,6 +282,8 @@ async def _run(url: str, port: int, token: str, owner_id: int, order_ids: list[i
             print("  missed write delivered  " + ", ".join(f"{d:.0f}" for _, d in losses)
                   + " ms (replayed from the change log, no resync)")
 
+            await _big_statements(db, port, staff_token, owner_id)
+
             with_t, without_t = await _writer_cost(db, order_ids[2], updates)
             print(f"writer cost, {updates} single-row autocommit UPDATEs")
             print(f"  with triggers    {with_t * 1e6 / updates:8.1f} us/update")
@@ -264,6 +309,9 @@ def run_bench(url: str, settings: config.Settings, updates: int, burst: int, cli
     username = f"bench_{secrets.token_hex(4)}"
     owner_id = create_user(url, Passwords(1, 8192), username, secrets.token_urlsafe(16), False)
     token = create_token(url, username)
+    staff_name = f"bench_staff_{secrets.token_hex(4)}"
+    staff_id = create_user(url, Passwords(1, 8192), staff_name, secrets.token_urlsafe(16), True)
+    staff_token = create_token(url, staff_name)
     with psycopg.connect(url, autocommit=True) as conn:
         rows = conn.execute(
             "INSERT INTO orders (owner_id, instrument, quantity, price)"
@@ -275,11 +323,12 @@ def run_bench(url: str, settings: config.Settings, updates: int, burst: int, cli
           f"{'embedded' if not settings.database_url else 'DATABASE_URL'}, "
           f"{os.cpu_count()} CPUs")
     try:
-        asyncio.run(_run(url, port, token, owner_id, order_ids, updates, burst, clients))
+        asyncio.run(_run(url, port, token, staff_token, owner_id, order_ids, updates, burst,
+                         clients))
     finally:
         proc.terminate()
         proc.wait(15)
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute("DELETE FROM orders WHERE owner_id = %s", (owner_id,))
-            conn.execute("DELETE FROM users WHERE id = %s", (owner_id,))
+            conn.execute("DELETE FROM users WHERE id = ANY(%s)", ([owner_id, staff_id],))
     return 0

@@ -6,10 +6,10 @@ import contextlib
 import logging
 
 import psycopg
-from db.embedded import EmbeddedPostgres, database_url
 from psycopg import sql
 
 import config
+from db.embedded import EmbeddedPostgres, database_url
 
 log = logging.getLogger(__name__)
 

@@ -1,13 +1,13 @@
 """The one LISTEN connection per server process, and the pump that feeds the hub.
 
-The notification callback is synchronous and tiny: it puts the raw payload on a
-bounded queue and returns. The pump task takes payloads in arrival order (which
-is commit order), fetches oversized frames from order_changes, stamps each with
-the stream's cursor (db/position.py) and publishes it to the hub. When the
-connection is lost (termination callback, or a failed health query) the listener
-reconnects with capped exponential backoff and re-LISTENs; notifications sent
-while nobody listened are gone, so the pump replays them from the change log
-itself, and only falls back to `resync` when the log cannot cover the gap.
+The notification callback is synchronous and tiny: it puts the raw payload on a bounded
+queue and returns. The pump takes payloads in arrival order (commit order) and publishes
+each change with the stream's position after it. The listener is a consumer with a
+position like any other: when it is current it takes changes from the notifications (the
+fast lane); when it falls behind (a lost connection, its own queue overflowing, a
+statement announced in bulk, an oversized frame it could not read) it reads the change
+log from its position, on connections of its own, and then carries on with the
+notifications, skipping those its position already covers.
 """
 
 from __future__ import annotations
@@ -17,13 +17,13 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 import asyncpg
 
-from db.position import Position, with_cursor
-from db.queries import Change
+from db.change import Change
+from db.changelog import ChangeLog
+from db.position import Position, Snapshot
 from db.rights import Identities, Rights
 
 log = logging.getLogger(__name__)
@@ -31,23 +31,27 @@ log = logging.getLogger(__name__)
 ORDERS_CHANNEL = "orders"
 QUOTES_CHANNEL = "quotes"
 AUTH_CHANNEL = "auth"
-# The pump lets other tasks run after this many notifications in a row.
+# The pump lets other tasks run after this many changes in a row.
 YIELD_EVERY = 32
-# Tries at reading the change log after a gap (0.1 s, doubling, between them).
-RECOVERY_ATTEMPTS = 5
+# One read of the log: at most this many rows and bytes.
+PAGE_ROWS, PAGE_BYTES = 2000, 4 << 20
+# A failed log read is retried after this long, doubling up to the cap (seconds).
+RETRY_FIRST, RETRY_CAP = 0.05, 5.0
+# Reason for `resync` frames, kept equal to web.frames.ResyncReason (db/ imports no web/).
+TRUNCATED, EXPIRED = "orders truncated", "cursor expired"
 # A notification is (channel, payload); None marks "the listener lost events here".
 Notification = tuple[str, str] | None
+DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
 
 
-class OrderSink(Protocol):
-    cursor: str
+class Sink(Protocol):
+    position: Position
 
-    def publish_order(self, seq: int, txn: int, owner_id: int, old_owner_id: int | None,
-                      frame: str) -> None: ...
+    def publish(self, change: Change, position: Position) -> None: ...
+
+    def advance(self, position: Position) -> None: ...
 
     def publish_quote(self, instrument: str, frame: str) -> None: ...
-
-    def advance_watermark(self, watermark: int) -> None: ...
 
     def resync_all(self, reason: str) -> None: ...
 
@@ -56,54 +60,46 @@ class OrderSink(Protocol):
     def apply_rights(self, checked: Identities, rights: Rights) -> None: ...
 
 
-class _Gap(Exception):
-    """An order notification could not be published: recover from the change log."""
+class _Behind(Exception):
+    """The notifications alone cannot carry on: read the change log."""
 
 
 class Listener:
-    """Keeps one dedicated connection LISTENing on the orders and quotes channels."""
+    """Keeps one dedicated connection LISTENing on the orders, quotes and auth channels."""
 
-    def __init__(
-        self,
-        url: str,
-        sink: OrderSink,
-        fetch_frame: Callable[[int], Awaitable[str | None]],
-        load_rights: Callable[[Identities], Awaitable[Rights]],
-        recover: Callable[[Position, Identities], Awaitable[tuple[Rights, list[Change] | None]]],
-        queue_size: int = 20000,
-        health_interval: float = 1.0,
-        max_backoff: float = 5.0,
-    ) -> None:
+    def __init__(self, url: str, sink: Sink, queue_size: int = 20000,
+                 health_interval: float = 1.0, max_backoff: float = 5.0,
+                 log_statement_timeout_ms: int = 10_000) -> None:
         self._url = url
         self._sink = sink
-        self._fetch_frame = fetch_frame
-        self._load_rights = load_rights
-        self._recover_from_log = recover
-        # What the hub has been given so far; events carry it as their cursor.
-        self.position = Position()
-        # Transactions the last gap replay delivered: their live notifications are repeats.
-        self._replayed: set[int] = set()
+        # Its own reads (oversized frames, rights, catch-up), never the API's pool.
+        self._log = ChangeLog(url, max_connections=1, statement_timeout_ms=log_statement_timeout_ms,
+                              name="orderstream-listener-log")
         self._queue: asyncio.Queue[Notification] = asyncio.Queue(maxsize=queue_size)
         self._health_interval = health_interval
         self._max_backoff = max_backoff
         self._conn: asyncpg.Connection | None = None
         self._lost = asyncio.Event()
-        self.dropped = 0
         self._tasks: list[asyncio.Task[None]] = []
         self.listening = asyncio.Event()
+        self.dropped = 0
         self.reconnects = 0
         self.replays = 0
-        self.anomalies = 0
 
+    @property
+    def position(self) -> Position:
+        return self._sink.position
 
     async def start(self, timeout: float = 30.0) -> None:
         """Connect and LISTEN; returns once listening (raises if that fails within `timeout`)."""
-        await asyncio.wait_for(self._connect(), timeout)
-        assert self._conn is not None
-        watermark = await self._conn.fetchval(
-            "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
-        self.position = Position(watermark)
-        self._sink.cursor = self.position.cursor()
+        await asyncio.wait_for(self._log.open(), timeout)
+        try:
+            await asyncio.wait_for(self._connect(), timeout)
+            # Everything committed before LISTEN took effect counts as delivered.
+            self._sink.advance(Position().merge(await self._log.snapshot()))
+        except BaseException:
+            await self._log.close()
+            raise
         self._tasks = [
             asyncio.create_task(self._pump(), name="listener-pump"),
             asyncio.create_task(self._supervise(), name="listener-supervisor"),
@@ -117,6 +113,7 @@ class Listener:
                 await task
         self._tasks = []
         await self._disconnect()
+        await self._log.close()
 
     async def wait_listening(self, timeout: float) -> bool:
         try:
@@ -131,14 +128,13 @@ class Listener:
         conn = await asyncpg.connect(
             self._url, server_settings={"application_name": "orderstream-listener"})
         conn.add_termination_listener(self._on_terminated)
-        await conn.add_listener(ORDERS_CHANNEL, self._on_notification)
-        await conn.add_listener(QUOTES_CHANNEL, self._on_notification)
-        await conn.add_listener(AUTH_CHANNEL, self._on_notification)
+        for channel in (ORDERS_CHANNEL, QUOTES_CHANNEL, AUTH_CHANNEL):
+            await conn.add_listener(channel, self._on_notification)
         self._conn = conn
         self._lost.clear()
         self.listening.set()
-        log.info("listening on %r and %r (backend pid %s)", ORDERS_CHANNEL, QUOTES_CHANNEL,
-                 conn.get_server_pid())
+        log.info("listening on %r, %r and %r (backend pid %s)", ORDERS_CHANNEL, QUOTES_CHANNEL,
+                 AUTH_CHANNEL, conn.get_server_pid())
 
     async def _disconnect(self) -> None:
         conn, self._conn = self._conn, None
@@ -158,8 +154,7 @@ class Listener:
             log.warning("listener lost: %s", why)
             self.listening.clear()
             self._lost.set()
-            # The gap starts here, before anything the next connection hears: events
-            # after the marker must not advance the position past what was missed.
+            # The gap starts here, before anything the next connection hears.
             self._enqueue(None)
 
     async def _supervise(self) -> None:
@@ -177,7 +172,7 @@ class Listener:
                 try:
                     await self._connect()
                     break
-                except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+                except DB_ERRORS as exc:
                     log.warning("listener reconnect failed (%s); retrying in %.2fs", exc, delay)
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, self._max_backoff)
@@ -189,7 +184,7 @@ class Listener:
             return False
         try:
             await asyncio.wait_for(conn.fetchval("SELECT 1"), self._health_interval)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+        except DB_ERRORS:
             return False
         return True
 
@@ -202,8 +197,7 @@ class Listener:
         try:
             self._queue.put_nowait(item)
         except asyncio.QueueFull:
-            # The pump fell behind. Drop everything not yet published and mark a gap: the
-            # pump replays it all from the change log, in order.
+            # The pump fell behind: drop what is queued and read it all from the log.
             self.dropped += self._queue.qsize() + (item is not None)
             while not self._queue.empty():
                 self._queue.get_nowait()
@@ -212,35 +206,32 @@ class Listener:
     async def _pump(self) -> None:
         handled = 0
         while True:
-            if handled % YIELD_EVERY == 0:
-                # A bulk UPDATE queues thousands of notifications at once; let the session
-                # senders run between slices so readers that keep up never overflow.
-                await asyncio.sleep(0)
             handled += 1
+            if handled % YIELD_EVERY == 0:
+                await asyncio.sleep(0)  # let the senders run between slices of a burst
             item = await self._queue.get()
             try:
                 if item is None:
-                    # Replay only once LISTENing again: whatever commits after the replay's
+                    # Read only once LISTENing again: whatever commits after the read's
                     # snapshot is then sure to be heard.
                     await self.listening.wait()
-                    await self._recover("gap in notifications")
+                    await self._catch_up("gap in notifications")
                 else:
                     await self._dispatch(*item)
             except asyncio.CancelledError:
                 raise
-            except _Gap as gap:
-                await self._recover(str(gap))
+            except _Behind as behind:
+                await self._catch_up(str(behind))
             except Exception:
-                # Whatever failed, an event may be missing: recover rather than go on.
+                # Whatever failed, a change may be missing: read the log rather than go on.
                 log.exception("could not dispatch notification %r", item)
-                await self._recover("dispatch failed")
+                await self._catch_up("dispatch failed")
 
     async def _dispatch(self, channel: str, payload: str) -> None:
         if channel == QUOTES_CHANNEL:
             quote = json.loads(payload)
             self._sink.publish_quote(quote["instrument"], payload)
-            return
-        if channel == AUTH_CHANNEL:
+        elif channel == AUTH_CHANNEL:
             # Anyone who can connect may NOTIFY: the payload only says whose rights to
             # re-read, never what they are. Awaited here, so later events wait for it.
             change = json.loads(payload)
@@ -248,83 +239,101 @@ class Listener:
             if isinstance(user_id, int):
                 who = self._sink.identities(user_id)
                 if who.users:
-                    self._sink.apply_rights(who, await self._load_rights(who))
-            return
-        if payload == "truncate":
-            self._sink.resync_all("orders truncated")
-            return
-        header_and_frame = payload.split(" ", 5)
-        seq_text, xid_text, watermark_text, owner_text, old_owner_text, frame = header_and_frame
+                    try:
+                        rights = await self._log.rights(who)
+                    except DB_ERRORS as exc:
+                        raise _Behind(f"rights could not be read: {exc}") from exc
+                    self._sink.apply_rights(who, rights)
+        elif payload == "truncate":
+            self._sink.resync_all(TRUNCATED)
+        else:
+            await self._order_change(payload)
+
+    async def _order_change(self, payload: str) -> None:
+        seq_text, xid_text, snapshot_text, rest = payload.split(" ", 3)
         seq, xid = int(seq_text), int(xid_text)
-        if self._replayed and xid in self._replayed:
+        snapshot = Snapshot.parse(snapshot_text)
+        if rest == "bulk":
+            await self._read_transaction(xid, snapshot)
             return
+        position = self.position
+        if position.covers(xid, seq):
+            return  # a log read delivered it already
+        owner_text, old_owner_text, frame = rest.split(" ", 2)
         if not frame:
             try:
-                fetched = await self._fetch_frame(seq)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                raise _Gap(f"oversized event {seq} could not be read: {exc}") from exc
+                fetched = await self._log.frame(seq)
+            except DB_ERRORS as exc:
+                raise _Behind(f"oversized event {seq} could not be read: {exc}") from exc
             if fetched is None:
-                raise _Gap(f"oversized event {seq} is not in order_changes")
+                raise _Behind(f"oversized event {seq} is not in order_changes")
             frame = fetched
         old_owner = None if old_owner_text == "-" else int(old_owner_text)
-        if xid < self.position.watermark:
-            # An earlier event promised every transaction below the watermark had been
-            # heard; this one was not. The stream broke in a way nothing explains, so a
-            # cursor or replay may have skipped it: make every session reload.
-            self.anomalies += 1
-            log.error("event %s of transaction %s arrived behind watermark %s; resync",
-                      seq, xid, self.position.watermark)
-            self._sink.resync_all("gap detected")
-        self._publish(seq, xid, int(watermark_text), int(owner_text), old_owner, frame)
+        change = Change(seq, xid, int(owner_text), old_owner, frame)
+        self._sink.publish(change, position.after_change(xid, seq, snapshot))
 
-    def _publish(self, seq: int, xid: int, watermark: int, owner_id: int,
-                 old_owner_id: int | None, frame: str) -> None:
+    async def _read_transaction(self, xid: int, snapshot: Snapshot) -> None:
+        """A statement announced in bulk: publish its transaction's changes from the log,
+        in seq order (the live stream stays in commit order)."""
         position = self.position
-        before = position.watermark
-        position.advance(xid, seq, watermark)
-        cursor = position.cursor()
-        self._sink.publish_order(seq, xid, owner_id, old_owner_id, with_cursor(frame, cursor))
-        self._sink.cursor = cursor
-        if position.watermark != before:
-            self._sink.advance_watermark(position.watermark)
-            if self._replayed:
-                self._replayed = {x for x in self._replayed if x >= position.watermark}
-
-    async def _recover(self, reason: str) -> None:
-        """Deliver from the change log what the stream missed; resync only if it can't.
-
-        Rights changes were lost in the gap too: the sessions' rights are re-read in the
-        same snapshot as the missed changes and applied first."""
-        started = time.monotonic()
-        rights: Rights | None = None
-        changes: list[Change] | None = None
-        for attempt in range(RECOVERY_ATTEMPTS):
-            who = self._sink.identities()
-            try:
-                rights, changes = await self._recover_from_log(self.position, who)
-                break
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                log.warning("recovery after %s failed (%s); attempt %d", reason, exc,
-                            attempt + 1)
-                await asyncio.sleep(0.1 * 2**attempt)
-        # Rights that could not be read leave nobody a wider view than their own orders.
-        self._sink.apply_rights(who, rights if rights is not None else _own_orders_only(who))
-        if changes is None:
-            log.warning("%s: the change log cannot cover the gap; sending resync", reason)
-            self._sink.resync_all(reason)
+        if position.finished(xid):
             return
-        for index, change in enumerate(changes):
-            self._publish(change.seq, change.xid, self.position.watermark, change.owner_id,
-                          change.old_owner_id, change.frame)
-            if index % YIELD_EVERY == YIELD_EVERY - 1:
-                await asyncio.sleep(0)  # let the senders drain between slices
-        self._replayed |= {change.xid for change in changes}
+        current = position.current
+        after_seq = current[1] if current is not None and current[0] == xid else 0
+        done = merged = False
+        while not done:
+            try:
+                changes, done = await self._log.read_transaction(xid, after_seq, PAGE_ROWS,
+                                                                 PAGE_BYTES)
+            except DB_ERRORS as exc:
+                raise _Behind(f"bulk statement of {xid} could not be read: {exc}") from exc
+            for index, change in enumerate(changes):
+                # The statement's snapshot is merged once, with its first change.
+                position = position.after_change(change.xid, change.seq,
+                                                 None if merged else snapshot)
+                merged = True
+                self._sink.publish(change, position)
+                if index % YIELD_EVERY == YIELD_EVERY - 1:
+                    await asyncio.sleep(0)
+            if changes:
+                after_seq = changes[-1].seq
+            await asyncio.sleep(0)
+        self._sink.advance(position.merge(snapshot.seen_by(xid)))
+
+    async def _catch_up(self, reason: str) -> None:
+        """Publish from the change log what the position does not cover. Rights changes
+        may have been missed too: each page re-reads the rights of every open socket in
+        its own snapshot and applies them before its changes."""
+        started = time.monotonic()
+        published = 0
+        retry = RETRY_FIRST
+        while True:
+            who = self._sink.identities()
+            position = self.position
+            try:
+                page = await self._log.read(position, None, who, PAGE_ROWS, PAGE_BYTES)
+            except DB_ERRORS as exc:
+                log.warning("catch-up after %s failed (%s); retrying in %.2fs", reason, exc,
+                            retry)
+                await asyncio.sleep(retry)
+                retry = min(retry * 2, RETRY_CAP)
+                continue
+            retry = RETRY_FIRST
+            if page.rights is not None:
+                self._sink.apply_rights(who, page.rights)
+            if page.expired:
+                log.warning("%s: the change log no longer covers the gap; sending resync",
+                            reason)
+                self._sink.resync_all(EXPIRED)
+            for index, (change, after) in enumerate(
+                    zip(page.changes, page.positions(position), strict=True)):
+                self._sink.publish(change, after)
+                if index % YIELD_EVERY == YIELD_EVERY - 1:
+                    await asyncio.sleep(0)  # let the senders drain between slices
+            published += len(page.changes)
+            self._sink.advance(page.end(position))
+            if page.complete:
+                break
         self.replays += 1
-        log.info("%s: replayed %d missed events in %.1f ms", reason, len(changes),
+        log.info("%s: read %d changes from the log in %.1f ms", reason, published,
                  (time.monotonic() - started) * 1000)
-
-
-def _own_orders_only(who: Identities) -> Rights:
-    """When rights cannot be read: everyone keeps their socket, nobody stays staff."""
-    return Rights(staff=dict.fromkeys(who.users, False), tokens=set(who.tokens),
-                  web_sessions=set(who.web_sessions))

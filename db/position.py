@@ -1,138 +1,186 @@
-"""Where a stream of order events stands, and the cursor that names it.
+"""Where a consumer of order changes stands in the change log, and the cursor that names it.
 
-NOTIFY delivers in commit order, but `seq` and transaction ids are assigned
-before commit, so neither alone says what a client has seen. A position is:
+Transaction ids (xids) are assigned before commit, so neither xid nor `seq` order is commit
+order. A position is therefore stated the way PostgreSQL states a snapshot: the set of
+transactions whose changes were all delivered.
 
-- a watermark W: every transaction below it has finished, so all of its
-  committed events were delivered;
-- the transactions at or above W whose events were all delivered, as ranges;
-- the transaction being delivered, and the seq of its last event delivered
-  (one transaction's events arrive together, in seq order).
+- `xmax`: every transaction below it is covered (delivered, or wrote no orders, or rolled
+  back), except those in `pending`;
+- `pending`: sorted, disjoint [low, high] ranges of xids below `xmax` not yet covered
+  (transactions that were still running when we learnt about their neighbours);
+- `current`: the transaction under way and the `seq` of its last delivered change (a
+  transaction's changes are delivered together, in seq order).
 
-Replaying the committed changes a position does not cover, in (xid, seq) order,
-yields exactly what was missed, however transactions interleave. The cursor is
-the position as text: "W", "W:a-b,c", and ";x.s" for the transaction under way.
+Positions grow from two facts. A writer's snapshot (the trigger sends it with each
+notification) lists what had finished before the writer could commit: since NOTIFY
+delivers in commit order, every committed change of those transactions was delivered
+before the writer's. And a log read in a snapshot delivers every change visible in it.
+So `pending` holds only transactions that were running at the last snapshot seen: an
+idle `BEGIN; UPDATE ...` left open in psql is one entry for as long as it stays open,
+whatever else commits around it. Positions are immutable; every step returns a new one.
+
+The cursor is the position as text: "p<xmax>[~<low>-<high>,<xid>...][;<xid>.<seq>]".
 """
 
 from __future__ import annotations
 
-import bisect
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 
-# Past this many ranges the cursor says "W:*" (the set is not named): a resume from it
-# replays everything from W, so it may repeat events, never lose one.
-MAX_RANGES = 64
-# Past this many ranges held in memory (a long transaction holding the watermark back)
-# they are forgotten until the watermark passes them.
-MAX_HELD_RANGES = 10_000
+# A cursor names at most this many pending ranges; past it the position forgets everything
+# from the first range it cannot name (a resume from it may repeat events, never lose one).
+MAX_PENDING = 64
 MAX_XID = 2**63 - 1
+
+Range = tuple[int, int]
 
 
 class CursorError(ValueError):
     """A cursor that is not one this server hands out."""
 
 
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """What a PostgreSQL snapshot says finished: every xid below `xmax` but those in `xip`."""
+
+    xmax: int
+    xip: tuple[int, ...] = ()
+
+    @classmethod
+    def parse(cls, text: str) -> Snapshot:
+        """From pg_snapshot's text form "xmin:xmax:xip,xip,..."."""
+        _, xmax, xip = text.split(":")
+        return cls(int(xmax), tuple(sorted(int(x) for x in xip.split(",") if x)))
+
+    def seen_by(self, xid: int) -> Snapshot:
+        """The snapshot of transaction `xid` itself: PostgreSQL leaves a transaction's own
+        xid out of its snapshot's running list, but it had not finished."""
+        if xid >= self.xmax or xid in self.xip:
+            return self
+        return Snapshot(self.xmax, tuple(sorted((*self.xip, xid))))
+
+
+@dataclass(frozen=True, slots=True)
 class Position:
-    def __init__(self, watermark: int = 0, complete: bool = True) -> None:
-        self.watermark = watermark
-        # Sorted, disjoint, non-adjacent [low, high] ranges of finished transactions >= W.
-        self._lows: list[int] = []
-        self._highs: list[int] = []
-        # The transaction under way: (xid, seq of its last delivered event).
-        self.current: tuple[int, int] | None = None
-        # Transactions up to here may have been delivered but were forgotten: covers() errs
-        # towards "not covered" for them, so a replay repeats rather than loses.
-        self._forgotten_upto: int | None = None if complete else watermark
-        self._cursor: str | None = None
+    xmax: int = 0
+    pending: tuple[Range, ...] = ()
+    current: tuple[int, int] | None = None
+    _text: list[str] = field(default_factory=list, compare=False, repr=False)
 
-    @property
-    def complete(self) -> bool:
-        return self._forgotten_upto is None
+    # -- questions -------------------------------------------------------------------
 
-    def copy(self) -> Position:
-        clone = Position(self.watermark)
-        clone._lows, clone._highs = list(self._lows), list(self._highs)
-        clone.current = self.current
-        clone._forgotten_upto = self._forgotten_upto
-        return clone
-
-    def _finished(self, xid: int) -> bool:
-        if xid < self.watermark:
-            return True
-        if self._forgotten_upto is not None and xid <= self._forgotten_upto:
+    def finished(self, xid: int) -> bool:
+        """Whether every change of transaction `xid` is covered."""
+        if xid >= self.xmax:
             return False
-        index = bisect.bisect_right(self._lows, xid) - 1
-        return index >= 0 and xid <= self._highs[index]
+        for low, high in self.pending:
+            if low > xid:
+                break
+            if xid <= high:
+                return False
+        return True
 
     def covers(self, xid: int, seq: int) -> bool:
-        """Whether the event `seq` of transaction `xid` was delivered."""
-        if self.current is not None and xid == self.current[0]:
-            return seq <= self.current[1]
-        return self._finished(xid)
+        """Whether change `seq` of transaction `xid` is covered."""
+        current = self.current
+        if current is not None and current[0] == xid:
+            return seq <= current[1]
+        return self.finished(xid)
 
-    def _add(self, xid: int) -> None:
-        if xid < self.watermark or self._finished(xid):
-            return
-        lows, highs = self._lows, self._highs
-        index = bisect.bisect_right(lows, xid)  # ranges[index - 1] starts at or before xid
-        joins_left = index > 0 and highs[index - 1] + 1 == xid
-        joins_right = index < len(lows) and lows[index] - 1 == xid
-        if joins_left and joins_right:
-            highs[index - 1] = highs[index]
-            del lows[index], highs[index]
-        elif joins_left:
-            highs[index - 1] = xid
-        elif joins_right:
-            lows[index] = xid
+    def includes(self, other: Position) -> bool:
+        """Whether everything `other` covers is covered here."""
+        return self.union(other) == self
+
+    def uncovered(self) -> tuple[list[Range], int]:
+        """The pending ranges and `xmax`: what a log read must look at (with `current`)."""
+        return list(self.pending), self.xmax
+
+    # -- steps -----------------------------------------------------------------------
+
+    def after_change(self, xid: int, seq: int, snapshot: Snapshot | None = None) -> Position:
+        """The position once change `seq` of transaction `xid`, written in `snapshot`, is
+        delivered in commit order (the live stream)."""
+        if snapshot is None and self._current_is(xid):
+            return Position(self.xmax, self.pending, (xid, seq))  # the common step, cheap
+        position = self
+        if position.current is not None and position.current[0] != xid:
+            position = position.finish(position.current[0])
+        if snapshot is not None:
+            position = position.merge(snapshot.seen_by(xid))
+        return position._with_current((xid, seq))
+
+    def after_read(self, xid: int, seq: int, snapshot: Snapshot) -> Position:
+        """The position once a log read in `snapshot`, going in (xid, seq) order, delivered
+        change `seq` of transaction `xid` (and so every visible change before it)."""
+        position = self
+        if not position._current_is(xid):
+            # Reads take the rest of the transaction under way first, then ascending xids:
+            # every visible change of a transaction below `xid` has been delivered.
+            if position.current is not None:
+                position = position.finish(position.current[0])
+            position = position.merge(snapshot, below=xid)
+        return position._with_current((xid, seq))
+
+    def finish(self, xid: int) -> Position:
+        """Transaction `xid` is wholly delivered."""
+        if self.finished(xid):
+            return self._with_current(None) if self._current_is(xid) else self
+        if xid >= self.xmax:
+            pending = self.pending + (((self.xmax, xid - 1),) if xid > self.xmax else ())
+            position = Position(xid + 1, pending, self.current)
         else:
-            lows.insert(index, xid)
-            highs.insert(index, xid)
-            if len(lows) > MAX_HELD_RANGES:
-                self._forgotten_upto = max(self._forgotten_upto or 0, highs[-1])
-                self._lows, self._highs = [], []
-        self._cursor = None
+            position = Position(self.xmax, _remove(self.pending, xid), self.current)
+        return position._with_current(None) if position._current_is(xid) else position._bounded()
 
-    def advance(self, xid: int, seq: int, watermark: int) -> None:
-        """Record that event `seq` of transaction `xid` was delivered, and that every
-        transaction below `watermark` has finished."""
-        if self.current is not None and self.current[0] != xid:
-            self._add(self.current[0])  # the previous transaction is complete
-        self.current = (xid, seq)
-        self._cursor = None
-        if watermark > self.watermark:
-            self.watermark = watermark
-            cut = bisect.bisect_left(self._highs, watermark)
-            del self._lows[:cut], self._highs[:cut]
-            if self._lows and self._lows[0] < watermark:
-                self._lows[0] = watermark
-            if self._forgotten_upto is not None and watermark > self._forgotten_upto:
-                self._forgotten_upto = None
+    def merge(self, snapshot: Snapshot, below: int | None = None) -> Position:
+        """Add what `snapshot` saw finished (only below xid `below`, when given)."""
+        visible_upto = snapshot.xmax if below is None else min(snapshot.xmax, below)
+        running = snapshot.xip
+        kept: list[Range] = []
+        for low, high in self.pending:
+            # Still uncovered: what the snapshot saw running, and what lies past what it saw.
+            for xid in running:
+                if low <= xid <= min(high, visible_upto - 1):
+                    kept.append((xid, xid))
+            if high >= visible_upto:
+                kept.append((max(low, visible_upto), high))
+        xmax = self.xmax
+        if visible_upto > xmax:
+            kept.extend((xid, xid) for xid in running if xmax <= xid < visible_upto)
+            xmax = visible_upto
+        position = Position(xmax, _normalise(kept), self.current)
+        current = position.current
+        if current is not None and position.finished(current[0]):
+            position = position._with_current(None)
+        return position._bounded()
 
-    def highest(self) -> int:
-        """No transaction above this one is covered."""
-        candidates = [self.watermark - 1]
-        if self._highs:
-            candidates.append(self._highs[-1])
-        if self.current is not None:
-            candidates.append(self.current[0])
-        return max(candidates)
+    def union(self, other: Position) -> Position:
+        """What either position covers (one partial transaction at most: another is
+        dropped, which makes a resume repeat it, never lose it)."""
+        xmax = max(self.xmax, other.xmax)
+        mine = [*self.pending, *(((self.xmax, xmax - 1),) if xmax > self.xmax else ())]
+        theirs = [*other.pending, *(((other.xmax, xmax - 1),) if xmax > other.xmax else ())]
+        position = Position(xmax, _normalise(_intersect(mine, theirs)))
+        currents = [c for c in (self.current, other.current)
+                    if c is not None and not position.finished(c[0])]
+        if currents:
+            xid = currents[0][0]
+            seq = max(c[1] for c in currents if c[0] == xid)
+            position = position._with_current((xid, seq))
+        return position
 
-    def finished_ranges(self) -> list[tuple[int, int]]:
-        """The finished transactions at or above the watermark (empty if forgotten)."""
-        return list(zip(self._lows, self._highs, strict=True)) if self.complete else []
+    # -- text ------------------------------------------------------------------------
 
     def cursor(self) -> str:
-        if self._cursor is None:
-            self._cursor = self._encode()
-        return self._cursor
+        if not self._text:
+            self._text.append(self._encode())
+        return self._text[0]
 
     def _encode(self) -> str:
-        text = str(self.watermark)
-        if not self.complete or len(self._lows) > MAX_RANGES:
-            text += ":*"
-        elif self._lows:
-            text += ":" + ",".join(str(a) if a == b else f"{a}-{b}"
-                                   for a, b in zip(self._lows, self._highs, strict=True))
-        if self.current is not None and self.current[0] >= self.watermark:
+        text = f"p{self.xmax}"
+        if self.pending:
+            text += "~" + ",".join(str(a) if a == b else f"{a}-{b}" for a, b in self.pending)
+        if self.current is not None:
             text += f";{self.current[0]}.{self.current[1]}"
         return text
 
@@ -142,38 +190,119 @@ class Position:
             cursor = str(cursor)
         if not isinstance(cursor, str) or not 0 < len(cursor) <= 4096:
             raise CursorError(f"cursor must be a string from an order event, got {cursor!r}")
-        body, _, current = cursor.partition(";")
-        head, _, tail = body.partition(":")
         try:
-            watermark = _number(head)
-            position = cls(watermark, complete=tail != "*")
-            if tail and tail != "*":
-                parts = tail.split(",")
-                if len(parts) > MAX_RANGES:
-                    raise ValueError("too many ranges")
-                for part in parts:
-                    low, _, high = part.partition("-")
-                    a, b = _number(low), _number(high or low)
-                    if not watermark <= a <= b:
-                        raise ValueError(part)
-                    if position._lows and a <= position._highs[-1] + 1:
-                        raise ValueError(part)  # ranges come sorted and apart
-                    position._lows.append(a)
-                    position._highs.append(b)
-            if current:
-                xid, dot, seq = current.partition(".")
-                if not dot:
-                    raise ValueError(current)
-                position.current = (_number(xid), _number(seq))
+            if cursor.startswith("p"):
+                return cls._parse(cursor[1:])
+            return cls._parse_watermark_cursor(cursor)
         except ValueError:
             raise CursorError(f"not a cursor: {cursor!r}") from None
-        return position
+
+    @classmethod
+    def _parse(cls, text: str) -> Position:
+        body, _, current_text = text.partition(";")
+        head, tilde, tail = body.partition("~")
+        xmax = _number(head)
+        pending = _ranges(tail) if tilde else []
+        if len(pending) > MAX_PENDING or (pending and pending[-1][1] >= xmax):
+            raise ValueError(text)
+        return cls(xmax, tuple(pending), _current(current_text))
+
+    @classmethod
+    def _parse_watermark_cursor(cls, text: str) -> Position:
+        """Cursors of the previous format, "W[:a-b,c|:*][;x.s]": W and the listed finished
+        ranges, stated as the same set."""
+        body, _, current_text = text.partition(";")
+        head, _, tail = body.partition(":")
+        watermark = _number(head)
+        finished = _ranges(tail) if tail and tail != "*" else []
+        if len(finished) > MAX_PENDING or (finished and finished[0][0] < watermark):
+            raise ValueError(text)
+        xmax, pending = watermark, []
+        for low, high in finished:
+            if low > xmax:
+                pending.append((xmax, low - 1))
+            xmax = high + 1
+        return cls(xmax, tuple(pending), _current(current_text))._bounded()
+
+    # -- helpers ---------------------------------------------------------------------
+
+    def _current_is(self, xid: int) -> bool:
+        return self.current is not None and self.current[0] == xid
+
+    def _with_current(self, current: tuple[int, int] | None) -> Position:
+        return Position(self.xmax, self.pending, current)
+
+    def _bounded(self) -> Position:
+        if len(self.pending) <= MAX_PENDING:
+            return self
+        # Forget coverage from the first range the cursor cannot name.
+        xmax = self.pending[MAX_PENDING][0]
+        current = self.current if self.current is not None and self.current[0] < xmax else None
+        return Position(xmax, self.pending[:MAX_PENDING], current)
 
 
 def _number(text: str) -> int:
     if not text.isascii() or not text.isdigit() or len(text) > 19 or int(text) > MAX_XID:
         raise ValueError(text)
     return int(text)
+
+
+def _current(text: str) -> tuple[int, int] | None:
+    if not text:
+        return None
+    xid, dot, seq = text.partition(".")
+    if not dot:
+        raise ValueError(text)
+    return _number(xid), _number(seq)
+
+
+def _ranges(text: str) -> list[Range]:
+    ranges: list[Range] = []
+    for part in text.split(","):
+        low, _, high = part.partition("-")
+        a, b = _number(low), _number(high or low)
+        if a > b or (ranges and a <= ranges[-1][1] + 1):
+            raise ValueError(part)  # ranges come sorted and apart
+        ranges.append((a, b))
+    return ranges
+
+
+def _normalise(ranges: Iterable[Range]) -> tuple[Range, ...]:
+    merged: list[list[int]] = []
+    for low, high in sorted(ranges):
+        if merged and low <= merged[-1][1] + 1:
+            merged[-1][1] = max(merged[-1][1], high)
+        else:
+            merged.append([low, high])
+    return tuple((a, b) for a, b in merged)
+
+
+def _intersect(first: list[Range], second: list[Range]) -> list[Range]:
+    out: list[Range] = []
+    i = j = 0
+    a, b = sorted(first), sorted(second)
+    while i < len(a) and j < len(b):
+        low, high = max(a[i][0], b[j][0]), min(a[i][1], b[j][1])
+        if low <= high:
+            out.append((low, high))
+        if a[i][1] < b[j][1]:
+            i += 1
+        else:
+            j += 1
+    return out
+
+
+def _remove(ranges: tuple[Range, ...], xid: int) -> tuple[Range, ...]:
+    out: list[Range] = []
+    for low, high in ranges:
+        if low <= xid <= high:
+            if low < xid:
+                out.append((low, xid - 1))
+            if xid < high:
+                out.append((xid + 1, high))
+        else:
+            out.append((low, high))
+    return tuple(out)
 
 
 def with_cursor(frame: str, cursor: str) -> str:

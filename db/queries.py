@@ -14,9 +14,6 @@ from typing import Any
 
 import asyncpg
 
-from db.position import Position
-from db.rights import Identities, Rights
-
 Executor = asyncpg.Pool | asyncpg.Connection
 
 # Public column name -> SQL expression. The only way input picks SQL.
@@ -203,11 +200,6 @@ async def revoke_tokens(db: Executor, user_id: int) -> int:
 # -- orders -------------------------------------------------------------------
 
 
-async def current_seq(db: Executor) -> int:
-    row = await db.fetchrow("SELECT last_value, is_called FROM order_event_seq")
-    return row["last_value"] if row["is_called"] else 0
-
-
 async def list_orders(db: Executor, query: OrderQuery) -> OrderPage:
     args: list[Any] = []
 
@@ -308,10 +300,6 @@ async def order_version(db: Executor, order_id: int, owner_id: int | None) -> in
     )
 
 
-async def change_frame(db: Executor, seq: int) -> str | None:
-    return await db.fetchval("SELECT frame FROM order_changes WHERE seq = $1", seq)
-
-
 async def quote_frames(db: Executor, instruments: list[str]) -> list[str]:
     """The current quotes of `instruments` as `quote` frames (`ts`: their last update)."""
     rows = await db.fetch(
@@ -320,97 +308,3 @@ async def quote_frames(db: Executor, instruments: list[str]) -> list[str]:
         " 'ts', round(extract(epoch FROM updated_at) * 1000, 3))::text AS frame"
         " FROM quotes WHERE instrument = ANY($1::text[]) ORDER BY instrument", instruments)
     return [row["frame"] for row in rows]
-
-
-# -- change log -----------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Change:
-    seq: int
-    xid: int
-    owner_id: int
-    old_owner_id: int | None
-    frame: str  # without its cursor
-
-
-async def current_watermark(db: Executor) -> int:
-    """The xmin of a fresh snapshot: every transaction below it has finished."""
-    return await db.fetchval("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
-
-
-_UNCOVERED = (
-    " FROM order_changes c WHERE c.xid >= $1::text::xid8"
-    " AND NOT EXISTS (SELECT 1 FROM unnest($2::bigint[], $3::bigint[]) AS r(lo, hi)"
-    "  WHERE c.xid::text::bigint BETWEEN r.lo AND r.hi)"
-    " AND NOT coalesce(c.xid::text::bigint = $4::bigint AND c.seq <= $5::bigint, false)"
-    " AND ($6::bigint IS NULL OR c.owner_id = $6 OR c.old_owner_id = $6)"
-)
-
-
-async def _changes_since(conn: asyncpg.Connection, position: Position, owner_id: int | None,
-                         limit: int) -> list[Change] | None:
-    horizon = await conn.fetchval("SELECT pruned_xid::text::bigint FROM order_changes_horizon")
-    if horizon and position.watermark <= horizon:
-        return None
-    ranges = position.finished_ranges()
-    current = position.current or (None, None)
-    args = (str(position.watermark), [a for a, _ in ranges], [b for _, b in ranges],
-            current[0], current[1], owner_id)
-    # Count first: a gap too big to replay costs a count, not the transfer of its frames.
-    missed = await conn.fetchval(
-        f"SELECT count(*) FROM (SELECT 1 {_UNCOVERED} LIMIT $7) gap", *args, limit + 1)
-    if missed > limit:
-        return None
-    rows = await conn.fetch(
-        "SELECT c.seq, c.xid::text::bigint AS xid, c.owner_id, c.old_owner_id, c.frame"
-        # The rest of the transaction under way comes first: it committed before anything
-        # else not yet delivered, and the next cursor must not call it finished early.
-        f" {_UNCOVERED} ORDER BY c.xid::text::bigint IS DISTINCT FROM $4::bigint,"
-        " c.xid, c.seq", *args)
-    return [Change(r["seq"], r["xid"], r["owner_id"], r["old_owner_id"], r["frame"])
-            for r in rows]
-
-
-async def load_rights(db: Executor, who: Identities) -> Rights:
-    """Which of these users still exist (and their staff flag), and which of these tokens
-    and browser sessions are still valid."""
-    users = await db.fetch("SELECT id, is_staff FROM users WHERE id = ANY($1::bigint[])",
-                           list(who.users))
-    tokens = await db.fetch("SELECT id FROM api_tokens WHERE id = ANY($1::bigint[])"
-                            " AND revoked_at IS NULL", list(who.tokens))
-    sids = await db.fetch("SELECT sid FROM web_sessions WHERE sid = ANY($1::text[])",
-                          list(who.web_sessions))
-    return Rights(staff={r["id"]: r["is_staff"] for r in users},
-                  tokens={r["id"] for r in tokens}, web_sessions={r["sid"] for r in sids})
-
-
-async def changes_since(pool: asyncpg.Pool, position: Position, who: Identities,
-                        owner_id: int | None, limit: int
-                        ) -> tuple[Rights, list[Change] | None]:
-    """The committed changes `position` does not cover, in (xid, seq) order, for one owner
-    (also as the previous owner) or, with None, for all; and the rights of `who`, read in
-    the same snapshot, so no replayed event is judged by rights older than it. The
-    changes are None when the log no longer reaches back that far or the gap holds more
-    than `limit`: resync instead."""
-    async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read",
-                                                        readonly=True):
-        rights = await load_rights(conn, who)
-        return rights, await _changes_since(conn, position, owner_id, limit)
-
-
-async def prune_changes(pool: asyncpg.Pool, older_than_seconds: float) -> int:
-    """Delete change-log rows past retention (one process at a time); returns how many."""
-    async with pool.acquire() as conn, conn.transaction():
-        if not await conn.fetchval("SELECT pg_try_advisory_xact_lock(7363, 1)"):
-            return 0
-        row = await conn.fetchrow(
-            "WITH gone AS (DELETE FROM order_changes"
-            "  WHERE created_at < now() - make_interval(secs => $1) RETURNING xid)"
-            " SELECT count(*) AS n, max(xid)::text AS newest FROM gone", older_than_seconds)
-        if row["n"]:
-            await conn.execute(
-                "UPDATE order_changes_horizon"
-                " SET pruned_xid = greatest(pruned_xid, $1::text::xid8)",
-                row["newest"])
-        return row["n"]

@@ -1,16 +1,21 @@
 -- Trigger functions and triggers that make every write to orders and quotes an
 -- event. Re-applied by every `migrate`: keep it idempotent.
 --
--- Notification payload on channel 'orders' (internal to orderstream):
---     "<seq> <xid> <watermark> <owner_id> <old_owner_id or -> <frame>"
+-- Every statement that changes orders logs its changes in order_changes with one
+-- set-based INSERT (statement-level triggers with transition tables: a 100,000-row
+-- UPDATE is one insert, not 100,000 trigger calls) and announces them on channel
+-- 'orders' (internal to orderstream), one notification per change:
+--     "<seq> <xid> <snapshot> <owner_id> <old_owner_id or -> <frame>"
+-- or, for a statement of more than 100 rows, one notification for all of them:
+--     "<seq> <xid> <snapshot> bulk"
+-- which the server answers by reading that transaction's changes from the log.
 -- <frame> is the WebSocket text frame for the event but for its "cursor", which the
--- server appends (it depends on what the stream has delivered, see db/position.py);
--- the server routes by the header and never re-encodes the order. <xid> is the
--- writing transaction, <watermark> the xmin of its snapshot: every transaction below
--- it had finished before this one could commit. When the payload would pass
--- NOTIFY's 8000-byte limit the frame is left empty and the server reads it from
--- order_changes by seq. NOTIFY is transactional: a rolled-back write announces
--- nothing, and notifications arrive in commit order.
+-- server appends (db/position.py); the server routes by the header and never re-encodes
+-- the order. <xid> is the writing transaction, <snapshot> what it saw finished
+-- (pg_current_snapshot()): since notifications arrive in commit order, every change of
+-- those transactions was announced before this one. When a change would pass NOTIFY's
+-- 8000-byte limit the frame is left empty and the server reads it from the log by seq.
+-- NOTIFY is transactional: a rolled-back write announces nothing.
 
 -- One order as the JSON the API and the stream share (numbers as decimal strings,
 -- timestamps in UTC).
@@ -38,6 +43,14 @@ RETURNS numeric LANGUAGE sql VOLATILE AS $$
     SELECT round(extract(epoch FROM clock_timestamp()) * 1000, 3)
 $$;
 
+-- The event frame of one change (without its cursor).
+CREATE OR REPLACE FUNCTION orderstream_event_frame(op text, seq bigint, ts numeric, o orders,
+                                                   owner_name text)
+RETURNS text LANGUAGE sql STABLE AS $$
+    SELECT json_build_object('type', 'order', 'op', op, 'seq', seq, 'ts', ts,
+                             'order', orderstream_order_json(o, owner_name))::text
+$$;
+
 CREATE OR REPLACE FUNCTION orderstream_orders_stamp()
 RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
@@ -58,42 +71,122 @@ BEGIN
 END
 $$;
 
-CREATE OR REPLACE FUNCTION orderstream_orders_notify()
+-- "<xid> <snapshot> ": the header every notification of this transaction starts with.
+CREATE OR REPLACE FUNCTION orderstream_change_header()
+RETURNS text LANGUAGE sql VOLATILE AS $$
+    SELECT pg_current_xact_id() || ' ' || pg_current_snapshot() || ' '
+$$;
+
+-- Announce one logged change (statements of up to 100 rows), frame included if it fits.
+-- The triggers number changes (nextval) in the order they are inserted and returned, so
+-- one transaction's notifications arrive in seq order.
+CREATE OR REPLACE FUNCTION orderstream_announce(rows_in_statement bigint, header text,
+                                                seq bigint, owner_id bigint,
+                                                old_owner_id bigint, frame text)
+RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    line text;
+BEGIN
+    IF rows_in_statement > 100 THEN
+        RETURN;
+    END IF;
+    line := seq || ' ' || header || owner_id || ' ' || coalesce(old_owner_id::text, '-') || ' ';
+    IF octet_length(line) + octet_length(frame) < 8000 THEN
+        PERFORM pg_notify('orders', line || frame);
+    ELSE
+        PERFORM pg_notify('orders', line);
+    END IF;
+END
+$$;
+
+-- A statement too big for one notification per change: one for all of them.
+CREATE OR REPLACE FUNCTION orderstream_announce_bulk(rows_in_statement bigint, header text)
+RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    IF rows_in_statement > 100 THEN
+        PERFORM pg_notify('orders', currval('order_event_seq') || ' ' || header || 'bulk');
+    END IF;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION orderstream_orders_inserted()
 RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
-    seq          bigint := nextval('order_event_seq');
-    r            orders;
-    owner_name   text;
-    old_owner_id bigint;
-    frame        text;
-    header       text;
+    n      bigint;
+    header text := orderstream_change_header();
+    ts     numeric := orderstream_now_ms();
 BEGIN
-    IF TG_OP = 'DELETE' THEN
-        r := OLD;
-    ELSE
-        r := NEW;
+    SELECT count(*) INTO n FROM new_rows;
+    IF n = 0 THEN
+        RETURN NULL;
     END IF;
-    IF TG_OP = 'UPDATE' AND NEW.owner_id <> OLD.owner_id THEN
-        old_owner_id := OLD.owner_id;
+    WITH logged AS (
+        INSERT INTO order_changes (seq, owner_id, old_owner_id, frame)
+        SELECT c.seq, (c.o).owner_id, NULL,
+               orderstream_event_frame('insert', c.seq, ts, c.o, c.owner_name)
+        FROM (SELECT nextval('order_event_seq') AS seq, j.* FROM (
+                SELECT r::orders AS o, u.username AS owner_name
+                FROM new_rows r LEFT JOIN users u ON u.id = r.owner_id) j) c
+        RETURNING seq, owner_id, old_owner_id, frame)
+    SELECT count(orderstream_announce(n, header, seq, owner_id, old_owner_id, frame))
+    INTO n FROM logged;
+    PERFORM orderstream_announce_bulk(n, header);
+    RETURN NULL;
+END
+$$;
+
+-- Transition tables carry no statistics: without this the planner may join old and new
+-- rows by nested loop, quadratic in the rows of the statement.
+CREATE OR REPLACE FUNCTION orderstream_orders_updated()
+RETURNS trigger LANGUAGE plpgsql SET enable_nestloop = off AS $$
+DECLARE
+    n      bigint;
+    header text := orderstream_change_header();
+    ts     numeric := orderstream_now_ms();
+BEGIN
+    SELECT count(*) INTO n FROM new_rows;
+    IF n = 0 THEN
+        RETURN NULL;
     END IF;
-    SELECT u.username INTO owner_name FROM users u WHERE u.id = r.owner_id;
-    frame := json_build_object(
-        'type', 'order',
-        'op', lower(TG_OP),
-        'seq', seq,
-        'ts', orderstream_now_ms(),
-        'order', orderstream_order_json(r, owner_name)
-    )::text;
-    INSERT INTO order_changes (seq, owner_id, old_owner_id, frame)
-    VALUES (seq, r.owner_id, old_owner_id, frame);
-    header := seq || ' ' || pg_current_xact_id() || ' '
-        || pg_snapshot_xmin(pg_current_snapshot()) || ' '
-        || r.owner_id || ' ' || coalesce(old_owner_id::text, '-') || ' ';
-    IF octet_length(header) + octet_length(frame) < 8000 THEN
-        PERFORM pg_notify('orders', header || frame);
-    ELSE
-        PERFORM pg_notify('orders', header);
+    WITH logged AS (
+        INSERT INTO order_changes (seq, owner_id, old_owner_id, frame)
+        SELECT c.seq, (c.o).owner_id, nullif(c.old_owner_id, (c.o).owner_id),
+               orderstream_event_frame('update', c.seq, ts, c.o, c.owner_name)
+        FROM (SELECT nextval('order_event_seq') AS seq, j.* FROM (
+                SELECT r::orders AS o, u.username AS owner_name, was.owner_id AS old_owner_id
+                FROM new_rows r JOIN old_rows was ON was.id = r.id
+                LEFT JOIN users u ON u.id = r.owner_id) j) c
+        RETURNING seq, owner_id, old_owner_id, frame)
+    SELECT count(orderstream_announce(n, header, seq, owner_id, old_owner_id, frame))
+    INTO n FROM logged;
+    PERFORM orderstream_announce_bulk(n, header);
+    RETURN NULL;
+END
+$$;
+
+-- A delete carries the version it deleted (a versioned tombstone).
+CREATE OR REPLACE FUNCTION orderstream_orders_deleted()
+RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    n      bigint;
+    header text := orderstream_change_header();
+    ts     numeric := orderstream_now_ms();
+BEGIN
+    SELECT count(*) INTO n FROM old_rows;
+    IF n = 0 THEN
+        RETURN NULL;
     END IF;
+    WITH logged AS (
+        INSERT INTO order_changes (seq, owner_id, old_owner_id, frame)
+        SELECT c.seq, (c.o).owner_id, NULL,
+               orderstream_event_frame('delete', c.seq, ts, c.o, c.owner_name)
+        FROM (SELECT nextval('order_event_seq') AS seq, j.* FROM (
+                SELECT r::orders AS o, u.username AS owner_name
+                FROM old_rows r LEFT JOIN users u ON u.id = r.owner_id) j) c
+        RETURNING seq, owner_id, old_owner_id, frame)
+    SELECT count(orderstream_announce(n, header, seq, owner_id, old_owner_id, frame))
+    INTO n FROM logged;
+    PERFORM orderstream_announce_bulk(n, header);
     RETURN NULL;
 END
 $$;
@@ -103,10 +196,25 @@ CREATE TRIGGER orders_stamp
     BEFORE INSERT OR UPDATE ON orders
     FOR EACH ROW EXECUTE FUNCTION orderstream_orders_stamp();
 
+-- Names used by earlier versions of this file (one row trigger per change).
 DROP TRIGGER IF EXISTS orders_notify ON orders;
-CREATE TRIGGER orders_notify
-    AFTER INSERT OR UPDATE OR DELETE ON orders
-    FOR EACH ROW EXECUTE FUNCTION orderstream_orders_notify();
+DROP FUNCTION IF EXISTS orderstream_orders_notify();
+
+-- Transition tables allow one event per trigger: three triggers.
+DROP TRIGGER IF EXISTS orders_inserted ON orders;
+CREATE TRIGGER orders_inserted
+    AFTER INSERT ON orders REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION orderstream_orders_inserted();
+
+DROP TRIGGER IF EXISTS orders_updated ON orders;
+CREATE TRIGGER orders_updated
+    AFTER UPDATE ON orders REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION orderstream_orders_updated();
+
+DROP TRIGGER IF EXISTS orders_deleted ON orders;
+CREATE TRIGGER orders_deleted
+    AFTER DELETE ON orders REFERENCING OLD TABLE AS old_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION orderstream_orders_deleted();
 
 -- TRUNCATE fires no row triggers: tell every session to reload, and expire every cursor
 -- taken before it (the change log cannot replay "everything vanished").

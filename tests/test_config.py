@@ -50,3 +50,18 @@ def test_cli_reports_a_bad_setting_without_a_traceback():
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 2
     assert "port" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_api_timeouts_come_from_settings_toml_and_the_environment():
+    defaults = load_settings(environ={})
+    assert (defaults.api_statement_timeout_ms, defaults.api_lock_timeout_ms) == (5000, 500)
+    assert (defaults.pool_acquire_timeout_s, defaults.pool_read_reserve) == (2.0, 3)
+    settings = load_settings(environ={
+        "ORDERSTREAM_API_STATEMENT_TIMEOUT_MS": "1500", "ORDERSTREAM_API_LOCK_TIMEOUT_MS": "0",
+        "ORDERSTREAM_POOL_ACQUIRE_TIMEOUT_S": "0.25", "ORDERSTREAM_POOL_READ_RESERVE": "2"})
+    assert settings.api_statement_timeout_ms == 1500
+    assert settings.api_lock_timeout_ms == 0
+    assert settings.pool_acquire_timeout_s == 0.25
+    assert settings.pool_read_reserve == 2
+    with pytest.raises(SettingsError, match="api_lock_timeout_ms"):
+        load_settings(environ={"ORDERSTREAM_API_LOCK_TIMEOUT_MS": "half a second"})

@@ -1,183 +1,248 @@
-"""The hub alone, fed by a plain producer: routing by owner, staff views, bounded queues."""
+"""The hub alone, fed by a plain producer and an in-memory change log: routing by owner,
+staff views, queues bounded in bytes, falling behind and rejoining, resumes, rights."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 
-from web.hub import ALL_OWNERS, Hub
+from db.change import Change
+from db.position import Position, Snapshot
+from db.rights import Rights
+from tests.support.memory_log import MemoryLog
+from web.frames import ALL_OWNERS, RESYNC_REASONS, ResyncReason
+from web.hub import Hub
+from web.subscriber import CLOSE, Mode
 
 
-def frame(seq: int, owner: int, order_id: int = 1, version: int = 1) -> str:
-    return json.dumps({"type": "order", "op": "update", "seq": seq, "ts": 1.5, "cursor": str(seq),
-                       "order": {"id": order_id, "owner_id": owner, "version": version}})
+class Stream:
+    """Writes as the listener would publish them: each change committed, in order."""
+
+    def __init__(self, hub: Hub, log: MemoryLog) -> None:
+        self.hub, self.log = hub, log
+        self.xid = 100
+        self.seq = 0
+
+    def change(self, owner: int, order_id: int = 1, version: int = 1,
+               old_owner: int | None = None, note: str = "", publish: bool = True) -> Change:
+        self.xid += 1
+        self.seq += 1
+        frame = json.dumps({"type": "order", "op": "update", "seq": self.seq, "ts": 1.5,
+                            "order": {"id": order_id, "owner_id": owner, "version": version,
+                                      "note": note}})
+        change = Change(self.seq, self.xid, owner, old_owner, frame)
+        self.log.commit(change)
+        if publish:
+            position = self.hub.position.after_change(change.xid, change.seq,
+                                                      Snapshot(change.xid))
+            self.hub.publish(change, position)
+        return change
 
 
-def drain(session) -> list[dict]:
+def make(queue_bytes: int = 1 << 20) -> tuple[Hub, MemoryLog, Stream]:
+    log = MemoryLog()
+    hub = Hub(log, queue_bytes)
+    return hub, log, Stream(hub, log)
+
+
+def queued(sub) -> list[dict]:
+    """Take what is queued without waiting."""
     out = []
-    while not session.queue.empty():
-        out.append(json.loads(session.queue.get_nowait()))
+    while len(sub.queue):
+        frame = sub.queue._frames[0]
+        out.append(frame)
+        sub.queue._frames.popleft()
+        sub.queue.bytes -= len(frame) + 64
+    sub.queue.clear()
+    return [json.loads(f) if f is not CLOSE else f for f in out]
+
+
+async def read_all(sub, want: int, timeout: float = 5.0) -> list[dict]:
+    """Drain as a reading socket would until `want` order frames came."""
+    out: list[dict] = []
+
+    async def take() -> None:
+        while sum(f.get("type") == "order" for f in out) < want:
+            out.append(json.loads(await sub.queue.get()))
+
+    await asyncio.wait_for(take(), timeout)
     return out
 
 
-def test_routes_by_owner_and_to_staff_watchers():
-    hub = Hub()
-    alice, bob = hub.open_session(1, False), hub.open_session(2, False)
-    staff_all, staff_bob = hub.open_session(9, True), hub.open_session(9, True)
-    hub.subscribe_orders(alice, 1)
-    hub.subscribe_orders(bob, 2)
-    hub.subscribe_orders(staff_all, ALL_OWNERS)
-    hub.subscribe_orders(staff_bob, 2)
+async def test_routes_by_owner_and_to_staff_watchers():
+    hub, _, stream = make()
+    async with hub.subscriber(1, False) as alice, hub.subscriber(2, False) as bob, \
+            hub.subscriber(9, True) as staff_all, hub.subscriber(9, True) as staff_bob:
+        hub.subscribe_orders(alice, 1)
+        hub.subscribe_orders(bob, 2)
+        hub.subscribe_orders(staff_all, ALL_OWNERS)
+        hub.subscribe_orders(staff_bob, 2)
+        stream.change(1)
+        stream.change(2)
+        assert [f["seq"] for f in queued(alice)] == [1]
+        assert [f["seq"] for f in queued(bob)] == [2]
+        assert [f["seq"] for f in queued(staff_all)] == [1, 2]
+        assert [f["seq"] for f in queued(staff_bob)] == [2]
+        assert hub.last_seq == 2
+    assert not hub.subscribers and not hub._by_owner
 
-    hub.publish_order(1, 1, 1, None, frame(1, 1))
-    hub.publish_order(2, 2, 2, None, frame(2, 2))
 
-    assert [f["seq"] for f in drain(alice)] == [1]
-    assert [f["seq"] for f in drain(bob)] == [2]
-    assert [f["seq"] for f in drain(staff_all)] == [1, 2]
-    assert [f["seq"] for f in drain(staff_bob)] == [2]
-    assert hub.last_seq == 2
+async def test_a_move_is_a_tombstone_for_the_old_owner_and_an_insert_for_the_new():
+    hub, _, stream = make()
+    async with hub.subscriber(1, False) as old, hub.subscriber(2, False) as new:
+        hub.subscribe_orders(old, 1)
+        hub.subscribe_orders(new, 2)
+        stream.change(2, order_id=7, version=3, old_owner=1)
+        [gone] = queued(old)
+        assert gone["op"] == "delete" and gone["order"] == {"id": 7, "owner_id": 1, "version": 3}
+        [arrived] = queued(new)
+        assert arrived["op"] == "insert" and arrived["order"]["version"] == 3
+        assert gone["cursor"] == arrived["cursor"] == hub.position.cursor()
 
 
-def test_the_same_frame_object_goes_to_every_session():
-    hub = Hub()
-    sessions = [hub.open_session(1, False) for _ in range(3)]
-    for s in sessions:
+async def test_a_slow_subscriber_falls_behind_reads_the_log_and_rejoins_without_resync():
+    hub, log, stream = make(queue_bytes=4000)
+    async with hub.subscriber(1, False) as slow, hub.subscriber(1, False) as fast:
+        hub.subscribe_orders(slow, 1)
+        hub.subscribe_orders(fast, 1)
+        got_fast: list[dict] = []
+        for round_ in range(10):
+            for _ in range(20):
+                stream.change(1, order_id=round_)
+            got_fast += await read_all(fast, 20)  # the fast one keeps up
+        assert slow.mode is Mode.BEHIND and slow.queue.bytes <= 4000
+        got = await read_all(slow, 200)  # now it reads: the log brings the rest
+        orders = [f for f in got if f["type"] == "order"]
+        assert [f["seq"] for f in orders] == list(range(1, 201))  # all, once, in order
+        assert not [f for f in got if f["type"] == "resync"]
+        assert [f["seq"] for f in got_fast] == list(range(1, 201))
+        # Rejoined: the next change comes live, its cursor the stream's. (Until the stream
+        # starts another transaction, the log read is a little ahead of it.)
+        await asyncio.sleep(0)
+        assert slow.mode in (Mode.AHEAD, Mode.CURRENT)
+        stream.change(1)
+        [live] = queued(slow)
+        assert live["seq"] == 201 and live["cursor"] == hub.position.cursor()
+        assert slow.mode is Mode.CURRENT
+        assert log.reads >= 2
+        assert hub.counters.resyncs_sent == 0
+
+
+async def test_changes_published_while_a_read_is_out_are_not_lost():
+    hub, log, stream = make()
+    async with hub.subscriber(1, False) as sub:
+        first = stream.change(1, publish=False)
+        log.gate = asyncio.Event()
+        hub.subscribe_orders(sub, 1, after=Position(first.xid))  # resume: reads the log
+        await asyncio.sleep(0)
+        stream.change(1)  # published while the read waits
+        stream.change(1)
+        log.gate.set()
+        got = await read_all(sub, 3)
+        assert [f["seq"] for f in got] == [1, 2, 3]
+        stream.change(1)
+        assert [f["seq"] for f in queued(sub)] == [4]
+        assert sub.mode is Mode.CURRENT
+
+
+async def test_a_resume_ahead_of_this_process_skips_what_its_cursor_covers():
+    hub, _, stream = make()
+    async with hub.subscriber(1, False) as sub:
+        behind = [stream.change(1, publish=False) for _ in range(3)]
+        # The client's cursor (from a process that was ahead) covers all three.
+        client = Position(behind[-1].xid + 1)
+        hub.subscribe_orders(sub, 1, after=client)
+        await asyncio.sleep(0.01)
+        assert sub.mode is Mode.AHEAD
+        for change in behind:  # this process now publishes what the client has
+            hub.publish(change, hub.position.after_change(change.xid, change.seq,
+                                                          Snapshot(change.xid)))
+        assert queued(sub) == []
+        stream.change(1)
+        assert [f["seq"] for f in queued(sub)] == [4]
+        assert sub.mode is Mode.CURRENT
+
+
+async def test_a_cursor_the_log_no_longer_covers_gets_resync_then_live():
+    hub, log, stream = make()
+    log.expired_below = 1000
+    async with hub.subscriber(1, False) as sub:
+        hub.subscribe_orders(sub, 1, after=Position(5))
+        got = await asyncio.wait_for(sub.queue.get(), 2)
+        assert json.loads(got) == {"type": "resync", "reason": ResyncReason.EXPIRED}
+        await asyncio.sleep(0)
+        stream.change(1)
+        assert [f["seq"] for f in queued(sub)] == [1]
+
+
+def test_resync_reasons_are_a_fixed_set():
+    assert {"orders truncated", "cursor expired"} == RESYNC_REASONS
+    from db import listener
+    assert {listener.TRUNCATED, listener.EXPIRED} == RESYNC_REASONS
+
+
+async def test_resync_all_reaches_only_order_subscribers():
+    hub, _, _ = make()
+    async with hub.subscriber(1, False) as subscribed, hub.subscriber(2, False) as idle:
+        hub.subscribe_orders(subscribed, 1)
+        hub.resync_all(ResyncReason.TRUNCATED)
+        assert queued(subscribed) == [{"type": "resync", "reason": "orders truncated"}]
+        assert queued(idle) == []
+
+
+async def test_resubscribing_replaces_the_previous_owner():
+    hub, _, stream = make()
+    async with hub.subscriber(9, True) as s:
         hub.subscribe_orders(s, 1)
-    text = frame(1, 1)
-    hub.publish_order(1, 1, 1, None, text)
-    assert all(s.queue.get_nowait() is text for s in sessions)  # encoded once, shared
+        hub.subscribe_orders(s, ALL_OWNERS)
+        stream.change(1)
+        assert len(queued(s)) == 1  # once, not twice
 
 
-def test_owner_change_sends_a_bare_delete_to_the_old_owner():
-    hub = Hub()
-    old, new = hub.open_session(1, False), hub.open_session(2, False)
-    hub.subscribe_orders(old, 1)
-    hub.subscribe_orders(new, 2)
-    hub.publish_order(5, 5, 2, 1, frame(5, 2, order_id=7, version=3))
-    assert drain(new)[0]["order"]["owner_id"] == 2
-    gone = drain(old)
-    assert gone == [{"type": "order", "op": "delete", "seq": 5, "ts": 1.5, "cursor": "5",
-                     "order": {"id": 7, "owner_id": 1, "version": 3}}]
+async def test_a_closing_subscriber_keeps_its_close_through_a_flood():
+    hub, _, stream = make(queue_bytes=2000)
+    async with hub.subscriber(1, False) as s:
+        hub.subscribe_orders(s, 1)
+        for _ in range(3):
+            stream.change(1)
+        s.close(1008, "token revoked")
+        for _ in range(50):  # a flood after the close: nothing may displace it
+            stream.change(1)
+        items = queued(s)
+        assert items[-1] is CLOSE and all(i is CLOSE or i["seq"] < 4 for i in items)
 
 
-def test_overflow_drops_the_backlog_and_asks_for_resync():
-    hub = Hub(session_queue_size=3)
-    slow, fast = hub.open_session(1, False), hub.open_session(1, False)
-    hub.subscribe_orders(slow, 1)
-    hub.subscribe_orders(fast, 1)
-    for seq in range(1, 5):
-        hub.publish_order(seq, seq, 1, None, frame(seq, 1))
-        fast.queue.get_nowait()  # the fast one keeps up
-    assert drain(slow) == [{"type": "resync", "reason": "overflow"}]
-    assert hub.counters.frames_dropped == 4
-    hub.publish_order(5, 5, 1, None, frame(5, 1))
-    assert [f["seq"] for f in drain(slow)] == [5]  # still subscribed afterwards
+async def test_apply_rights_demotes_closes_and_keeps():
+    hub, _, _ = make()
+    async with hub.subscriber(9, True) as staff, \
+            hub.subscriber(2, False, token_id=70) as by_token, \
+            hub.subscriber(3, False, web_session_id="abc") as by_cookie, \
+            hub.subscriber(4, False) as gone:
+        hub.subscribe_orders(staff, ALL_OWNERS)
+        hub.apply_rights(hub.identities(), Rights(staff={9: False, 2: False, 3: False},
+                                                  tokens=set(), web_sessions={"abc"}))
+        assert staff.orders_key is None and not staff.is_staff
+        assert queued(staff)[0]["code"] == "forbidden"
+        assert by_token.closing and by_token.close_reason == "token revoked"
+        assert not by_cookie.closing
+        assert gone.closing and gone.close_reason == "account deleted"
 
 
-def test_unsubscribe_and_close_remove_every_route():
-    hub = Hub()
-    s = hub.open_session(1, False)
-    hub.subscribe_orders(s, 1)
-    hub.subscribe_quotes(s, frozenset({"ACME"}))
-    hub.close_session(s)
-    hub.publish_order(1, 1, 1, None, frame(1, 1))
-    hub.publish_quote("ACME", '{"type":"quote"}')
-    assert drain(s) == []
-    assert hub.sessions == set() and not hub._by_owner and not hub._by_instrument
+async def test_narrow_never_gives_back_what_the_stream_took():
+    hub, _, _ = make()
+    async with hub.subscriber(9, True) as s:
+        hub.subscribe_orders(s, ALL_OWNERS)
+        hub.apply_rights(hub.identities(), Rights(staff={9: False}, tokens=set(),
+                                                  web_sessions=set()))  # the stream demotes
+        hub.narrow(s, Rights(staff={9: True}, tokens=set(), web_sessions=set()))  # older
+        assert s.is_staff is False and s.orders_key is None
 
 
-def test_resubscribing_replaces_the_previous_owner():
-    hub = Hub()
-    s = hub.open_session(9, True)
-    hub.subscribe_orders(s, 1)
-    hub.subscribe_orders(s, ALL_OWNERS)
-    hub.publish_order(1, 1, 1, None, frame(1, 1))
-    assert len(drain(s)) == 1  # once, not twice
-
-
-def test_resync_all_reaches_only_order_subscribers():
-    hub = Hub()
-    subscribed, idle = hub.open_session(1, False), hub.open_session(2, False)
-    hub.subscribe_orders(subscribed, 1)
-    hub.resync_all("listener reconnected")
-    assert drain(subscribed) == [{"type": "resync", "reason": "listener reconnected"}]
-    assert drain(idle) == []
-
-
-def test_a_closing_session_keeps_its_close_through_overflow():
-    from web.hub import CLOSE
-
-    hub = Hub(session_queue_size=3)
-    s = hub.open_session(1, False)
-    hub.subscribe_orders(s, 1)
-    for seq in range(1, 4):
-        hub.publish_order(seq, seq, 1, None, frame(seq, 1))
-    s.close(1008, "token revoked")
-    for seq in range(4, 20):  # a flood after the close: nothing may displace it
-        hub.publish_order(seq, seq, 1, None, frame(seq, 1))
-    items = []
-    while not s.queue.empty():
-        items.append(s.queue.get_nowait())
-    assert items[-1] is CLOSE and all(i is CLOSE or json.loads(i)["seq"] < 4 for i in items)
-
-
-def test_apply_rights_demotes_closes_and_keeps():
-    from db.rights import Rights
-
-    hub = Hub()
-    staff = hub.open_session(9, True)
-    by_token = hub.open_session(2, False, token_id=70)
-    by_cookie = hub.open_session(3, False, session_id="abc")
-    gone = hub.open_session(4, False)
-    hub.subscribe_orders(staff, ALL_OWNERS)
-    who = hub.identities()
-    hub.apply_rights(who, Rights(staff={9: False, 2: False, 3: False}, tokens=set(),
-                                 web_sessions={"abc"}))
-    assert staff.orders_key is None and not staff.is_staff
-    assert drain(staff)[0]["code"] == "forbidden"
-    assert by_token.closing and by_token.close_reason == "token revoked"
-    assert not by_cookie.closing
-    assert gone.closing and gone.close_reason == "account deleted"
-
-
-def test_a_resumed_session_skips_what_it_already_has_from_a_process_that_was_ahead():
-    from db.position import Position
-
-    hub = Hub()
-    s = hub.open_session(1, False)
-    hub.subscribe_orders(s, 1, hold=True)
-    # The client's cursor (from another, faster process) covers transaction 5 up to seq 2.
-    client_has = Position.parse("5;5.2")
-    hub.release_held(s, [], client_has.covers, client_has.highest())
-    hub.publish_order(1, 5, 1, None, frame(1, 1))  # this process is still behind
-    hub.publish_order(2, 5, 1, None, frame(2, 1))
-    hub.publish_order(3, 5, 1, None, frame(3, 1))  # new to the client
-    hub.publish_order(4, 6, 1, None, frame(4, 1))
-    assert [f["seq"] for f in drain(s)] == [3, 4]
-    hub.advance_watermark(7)
-    assert s.already_has is None  # past everything the cursor covered
-
-
-def test_narrow_never_gives_back_what_the_stream_took():
-    from db.rights import Rights
-
-    hub = Hub()
-    s = hub.open_session(9, True)
-    hub.subscribe_orders(s, ALL_OWNERS)
-    hub.apply_rights(hub.identities(), Rights(staff={9: False}, tokens=set(),
-                                              web_sessions=set()))  # the stream demotes
-    hub.narrow(s, Rights(staff={9: True}, tokens=set(), web_sessions=set()))  # older rights
-    assert s.is_staff is False and s.orders_key is None
-
-
-def test_a_new_subscription_forgets_the_previous_resume():
-    from db.position import Position
-
-    hub = Hub()
-    s = hub.open_session(9, True)
-    hub.subscribe_orders(s, 1, hold=True)
-    cursor = Position.parse("100")
-    hub.release_held(s, [], cursor.covers, cursor.highest())
-    hub.subscribe_orders(s, ALL_OWNERS)  # no cursor: everything from now on is new
-    hub.publish_order(1, 50, 2, None, frame(1, 2))
-    assert [f["seq"] for f in drain(s)] == [1]
+async def test_a_subscriber_that_never_reads_stays_within_its_budget():
+    hub, _, stream = make(queue_bytes=10_000)
+    async with hub.subscriber(1, False) as s:
+        hub.subscribe_orders(s, 1)
+        for _ in range(2000):
+            stream.change(1, note="x" * 500)
+        await asyncio.sleep(0.01)
+        assert s.queue.bytes <= 10_000 and s.mode is Mode.BEHIND

@@ -6,73 +6,132 @@ import time
 
 import pytest
 
-from db.position import MAX_RANGES, CursorError, Position, with_cursor
+from db.change import Change, Page
+from db.position import MAX_PENDING, CursorError, Position, Snapshot, with_cursor
 
 
-def deliver(p: Position, *events: tuple[int, int], watermark: int | None = None) -> None:
-    for xid, seq in events:
-        p.advance(xid, seq, p.watermark if watermark is None else watermark)
+def live(p: Position, *events: tuple[int, int, str]) -> Position:
+    """Deliver (xid, seq, writer snapshot text) in commit order."""
+    for xid, seq, snapshot in events:
+        p = p.after_change(xid, seq, Snapshot.parse(snapshot))
+    return p
 
 
-def test_a_transaction_is_covered_only_up_to_its_last_delivered_event():
-    p = Position(100)
-    deliver(p, (100, 1), (100, 2))
-    assert p.covers(100, 2) and not p.covers(100, 3)  # its third event is not delivered yet
-    assert p.cursor() == "100;100.2"
-    deliver(p, (101, 3))  # another transaction: 100 is complete
+def test_a_transaction_is_covered_only_up_to_its_last_delivered_change():
+    p = live(Position(100), (100, 1, "100:100:"), (100, 2, "100:100:"))
+    assert p.covers(100, 2) and not p.covers(100, 3)  # its third change is not delivered yet
+    assert p.cursor() == "p100;100.2"
+    p = live(p, (101, 3, "100:101:100"))  # another transaction: 100 is complete
     assert p.covers(100, 99) and p.covers(101, 3) and not p.covers(101, 4)
-    assert p.cursor() == "100:100;101.3"
+    assert p.cursor() == "p101;101.3"
 
 
-def test_ranges_and_a_higher_watermark():
-    p = Position(100)
-    deliver(p, (100, 1), (101, 2), (102, 3), (105, 4), (106, 5))
-    assert p.cursor() == "100:100-102,105;106.5"
-    assert not p.covers(103, 1) and p.covers(99, 1)
-    p.advance(107, 6, 103)
-    assert p.cursor() == "103:105-106;107.6"
-    assert p.covers(101, 1) and not p.covers(103, 1) and not p.covers(104, 1)
+def test_the_writers_own_xid_is_not_covered_by_its_snapshot():
+    # PostgreSQL leaves a transaction's own xid out of its snapshot's running list.
+    p = live(Position(10), (12, 1, "11:13:11"))
+    assert not p.covers(12, 2) and not p.finished(12) and not p.covers(11, 1)
+    assert p.covers(10, 1)
 
 
-def test_parse_round_trips_and_never_expands_ranges():
-    text = "7:7-1000000000,2000000000;2000000005.17"
-    p = Position.parse(text)
-    assert p.cursor() == text
-    assert p.covers(500_000_000, 1) and not p.covers(1_500_000_000, 1)
+def test_an_idle_transaction_stays_one_pending_entry_whatever_commits_around_it():
+    """BEGIN; UPDATE ... left open in psql holds xid 1000 running; thousands of other
+    transactions (order writers, and other work taking xids between them) commit."""
+    p = Position(1000)
+    xid = 1001
+    for _ in range(5000):
+        p = live(p, (xid, xid, f"1000:{xid}:1000"))
+        xid += 3  # two xids of other work between order writers
+    assert p.pending == ((1000, 1000),)
+    assert len(p.cursor()) < 40, p.cursor()
+    assert not p.covers(1000, 1) and p.covers(1002, 1) and p.covers(xid - 3, xid - 3)
+
+
+def test_xids_a_snapshot_did_not_see_stay_uncovered_until_one_does():
+    p = live(Position(10), (20, 1, "10:15:10,12"))  # 15..19 were not yet known to it
+    assert [x for x in range(9, 21) if not p.finished(x)] == [10, 12, 15, 16, 17, 18, 19, 20]
+    p = live(p, (21, 2, "12:21:12"))  # a later writer saw 10, 15-19 (and 20) finished
+    assert [x for x in range(9, 22) if not p.finished(x)] == [12, 21]
+
+
+def test_a_page_read_in_xid_order_covers_what_its_snapshot_saw_below_each_change():
+    start = Position(100, ((90, 90),))
+    snapshot = Snapshot(130, (120,))
+    page = Page([Change(1, 90, 1, None, "{}"), Change(2, 105, 1, None, "{}"),
+                 Change(3, 110, 1, None, "{}")], snapshot, complete=False)
+    after = page.positions(start)
+    assert after[0].covers(90, 1) and not after[0].covers(90, 2) and not after[0].finished(101)
+    assert after[2].finished(105) and after[2].finished(109) and not after[2].finished(110)
+    end = page.end(start)
+    assert end.covers(110, 3) and not end.finished(111)
+    done = Page([], snapshot, complete=True).end(end)
+    assert done.finished(110) and done.finished(129) and not done.finished(120)
+    assert not done.finished(130)
+
+
+def test_the_rest_of_a_partial_transaction_is_read_first():
+    start = Position(100, current=(104, 7))
+    page = Page([Change(8, 104, 1, None, "{}"), Change(3, 101, 1, None, "{}")],
+                Snapshot(110), complete=True)
+    positions = page.positions(start)
+    assert positions[0].current == (104, 8) and not positions[0].finished(101)
+    assert positions[1].finished(104) and positions[1].covers(101, 3)
+    assert page.end(start) == Position(110)
+
+
+def test_union_and_includes():
+    a = Position(100, ((50, 60),))
+    b = Position(120, ((55, 55), (100, 110)))
+    both = a.union(b)
+    assert both == Position(120, ((55, 55), (100, 110)))
+    assert both.includes(a) and both.includes(b) and not a.includes(b)
+    assert Position(10, current=(10, 4)).union(Position(10, current=(10, 6))).current == (10, 6)
+
+
+def test_parse_round_trips():
+    for text in ("p7", "p2000000010~7-1000000000,2000000000;2000000005.17", "p9;9.1"):
+        assert Position.parse(text).cursor() == text
+    p = Position.parse("p2000000010~7-1000000000;2000000005.17")
+    assert not p.covers(500_000_000, 1) and p.covers(1_500_000_000, 1)
     assert p.covers(2_000_000_005, 17) and not p.covers(2_000_000_005, 18)
 
 
-def test_a_parsed_position_advances_like_any_other():
-    p = Position.parse("10:12-14;16.3")
-    p.advance(11, 4, 10)
-    assert p.cursor() == "10:12-14,16;11.4"
+def test_cursors_of_the_previous_format_still_resume():
+    p = Position.parse("100:100-102,105;106.5")  # W=100, finished 100-102 and 105
+    assert p.finished(99) and p.finished(101) and p.finished(105)
+    assert not p.finished(103) and not p.finished(104) and not p.finished(106)
+    assert p.covers(106, 5) and not p.covers(106, 6)
+    assert Position.parse("100:*").finished(99) and not Position.parse("100:*").finished(100)
 
 
 @pytest.mark.parametrize("bad", ["", "x", "-1", "+1", "1:2-x", "5:3", "5:7-6", "1:a", "٣",
                                  "9" * 25, "1:5,3", "1:2-3,4", "1;5", "1;5.x", "1;.3",
-                                 "1:" + ",".join(map(str, range(2, 300, 2)))])
+                                 "1:" + ",".join(map(str, range(2, 300, 2))), "p", "px",
+                                 "p5~6", "p5~3-2", "p5~1,1", "p9~1-2,3", "p5;5",
+                                 "p1000~" + ",".join(map(str, range(2, 300, 2)))])
 def test_parse_refuses_what_the_server_never_hands_out(bad):
     with pytest.raises(CursorError):
         Position.parse(bad)
 
 
-def test_too_many_ranges_degrade_to_a_safe_cursor():
+def test_too_many_pending_ranges_degrade_to_a_safe_cursor():
     p = Position(0)
-    deliver(p, *((xid, xid) for xid in range(2, 2 * (MAX_RANGES + 3), 2)))
-    assert p.cursor().startswith("0:*;")
+    running = tuple(range(2, 2 * (MAX_PENDING + 10), 2))
+    p = p.merge(Snapshot(running[-1] + 1, running))
+    assert len(p.pending) == MAX_PENDING
     resumed = Position.parse(p.cursor())
-    assert not resumed.covers(2, 2)  # unknown: replayed again rather than lost
+    assert not resumed.finished(running[MAX_PENDING])  # unknown: read again rather than lost
+    assert not resumed.finished(running[-1] + 1)
 
 
-def test_a_long_transaction_holding_the_watermark_keeps_events_cheap():
+def test_positions_stay_cheap_per_change():
     p = Position(1)
     started = time.perf_counter()
-    for xid in range(2, 40_002, 2):  # 20,000 transactions, none adjacent, W stuck at 1
-        p.advance(xid, xid, 1)
+    for xid in range(2, 40_002, 2):
+        p = p.after_change(xid, xid, Snapshot(xid, (1,)))
         p.cursor()
-    per_event = (time.perf_counter() - started) / 20_000
-    assert per_event < 0.0005, f"{per_event * 1e6:.0f} us per event"
+    per_change = (time.perf_counter() - started) / 20_000
+    assert per_change < 0.0005, f"{per_change * 1e6:.0f} us per change"
 
 
 def test_with_cursor_appends_to_the_trigger_frame():
-    assert with_cursor('{"a" : 1}', "5:6") == '{"a" : 1, "cursor" : "5:6"}'
+    assert with_cursor('{"a" : 1}', "p5") == '{"a" : 1, "cursor" : "p5"}'

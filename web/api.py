@@ -9,6 +9,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from db import queries
+from web.connections import reading, writing
 from web.errors import ApiError
 from web.guard import api_user
 from web.listing import datatables_query, plain_query
@@ -53,7 +54,8 @@ async def list_orders(request: Request) -> Response:
     params = await _list_params(request) if request.method == "POST" else dict(request.query_params)
     if params.get("format") == "datatables" or request.method == "POST":
         draw, query = datatables_query(user, params, max_page)
-        page = await queries.list_orders(request.state.pool, query)
+        async with reading(request) as db:
+            page = await queries.list_orders(db, query)
         data = []
         for item in page.items_json:
             order = json.loads(item)
@@ -61,7 +63,8 @@ async def list_orders(request: Request) -> Response:
         return JSONResponse({"draw": draw, "recordsTotal": page.total,
                              "recordsFiltered": page.filtered, "data": data, "seq": page.seq})
     query = plain_query(user, params, max_page)
-    page = await queries.list_orders(request.state.pool, query)
+    async with reading(request) as db:
+        page = await queries.list_orders(db, query)
     body = (
         '{"items":[' + ",".join(page.items_json) + "]"
         f',"total":{page.total},"filtered":{page.filtered},"seq":{page.seq}'
@@ -83,7 +86,8 @@ async def create_order(request: Request) -> Response:
     data = await json_object(request)
     values, _ = order_values(data, creating=True, may_set_owner=user.is_staff)
     values.setdefault("owner_id", user.id)
-    order = await queries.create_order(request.state.pool, values)
+    async with writing(request) as db:
+        order = await queries.create_order(db, values)
     return RawJSONResponse(order, status_code=201)
 
 
@@ -91,7 +95,8 @@ async def get_order(request: Request) -> Response:
     user = api_user(request)
     order_id = _order_id(request)
     scope = None if user.is_staff else user.id
-    order = await queries.get_order(request.state.pool, order_id, scope)
+    async with reading(request) as db:
+        order = await queries.get_order(db, order_id, scope)
     if order is None:
         raise ApiError(404, "not_found", f"no order {order_id}")
     return RawJSONResponse(order)
@@ -103,10 +108,10 @@ async def update_order(request: Request) -> Response:
     data = await json_object(request)
     values, expected = order_values(data, creating=False, may_set_owner=user.is_staff)
     scope = None if user.is_staff else user.id
-    pool = request.state.pool
-    order = await queries.update_order(pool, order_id, scope, values, expected)
+    async with writing(request) as db:
+        order = await queries.update_order(db, order_id, scope, values, expected)
+        current = None if order is not None else await queries.order_version(db, order_id, scope)
     if order is None:
-        current = await queries.order_version(pool, order_id, scope)
         if current is None:
             raise ApiError(404, "not_found", f"no order {order_id}")
         raise ApiError(409, "conflict", f"order {order_id} is at version {current}, not {expected}",
@@ -117,8 +122,8 @@ async def update_order(request: Request) -> Response:
 async def delete_order(request: Request) -> Response:
     user = api_user(request)
     order_id = _order_id(request)
-    deleted = await queries.delete_order(request.state.pool, order_id,
-                                         None if user.is_staff else user.id)
+    async with writing(request) as db:
+        deleted = await queries.delete_order(db, order_id, None if user.is_staff else user.id)
     if not deleted:
         raise ApiError(404, "not_found", f"no order {order_id}")
     return Response(status_code=204)

@@ -8,7 +8,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import TypedDict
 
 import asyncpg
 from starlette.applications import Starlette
@@ -23,11 +23,10 @@ from starlette_login.login_manager import LoginManager
 from starlette_login.middleware import AuthenticationMiddleware
 
 import config
-from db import queries
+from db import changelog, queries
+from db.changelog import ChangeLog
 from db.listener import Listener
-from db.pool import create_pool
-from db.position import Position
-from db.rights import Identities, Rights
+from db.pool import ApiPool, PoolBusy, create_pool
 from web import api, openapi, ops, pages, users_api, ws
 from web.auth import TokenOrSessionBackend, load_user
 from web.errors import (
@@ -35,6 +34,7 @@ from web.errors import (
     api_error_handler,
     database_error_handler,
     http_error_handler,
+    pool_busy_handler,
     unexpected_error_handler,
 )
 from web.hub import Hub
@@ -97,7 +97,7 @@ async def _prune_forever(pool: asyncpg.Pool, retention_seconds: float,
     """Keep the change log within its retention window."""
     while True:
         try:
-            pruned = await queries.prune_changes(pool, retention_seconds)
+            pruned = await changelog.prune(pool, retention_seconds)
             if pruned:
                 log.info("pruned %d change-log rows", pruned)
             await queries.prune_web_sessions(pool, SESSION_MAX_AGE)
@@ -106,67 +106,52 @@ async def _prune_forever(pool: asyncpg.Pool, retention_seconds: float,
         await asyncio.sleep(every_seconds)
 
 
+class State(TypedDict):
+    """What the lifespan shares with every request (as request.state.<name>)."""
+
+    settings: config.Settings
+    pool: ApiPool
+    hub: Hub
+    listener: Listener
+    passwords: Passwords
+    login_throttle: LoginThrottle
+
+
 def create_app(settings: config.Settings, database_url: str) -> Starlette:
     """The ASGI app for one server process, talking to the database at `database_url`."""
 
     @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
-        pool = await create_pool(database_url, settings.pool_min_size, settings.pool_max_size)
-        hub = Hub(settings.session_queue_size)
-
-        async def fetch_frame(seq: int) -> str | None:
-            return await queries.change_frame(pool, seq)
-
-        # Resumes read the change log; a few at a time, so they cannot starve the API.
-        replays = asyncio.Semaphore(2)
-
-        async def replay(position: Position, who: Identities, owner_id: int | None
-                         ) -> tuple[Rights, list[queries.Change] | None]:
-            # A client's replay must fit its session queue; a bigger gap means resync.
-            async with replays:
-                return await queries.changes_since(
-                    pool, position, who, owner_id,
-                    min(settings.max_replay_events, settings.session_queue_size - 2))
-
-        async def load_rights(who: Identities) -> Rights:
-            return await queries.load_rights(pool, who)
-
-        async def recover(position: Position, who: Identities
-                          ) -> tuple[Rights, list[queries.Change] | None]:
-            return await queries.changes_since(pool, position, who, None,
-                                               settings.max_replay_events)
-
-        async def quote_snapshot(instruments: list[str]) -> list[str]:
-            return await queries.quote_frames(pool, instruments)
-
-        listener = Listener(database_url, hub, fetch_frame, load_rights, recover,
-                            settings.listener_queue_size)
-        try:
+    async def lifespan(app: Starlette) -> AsyncIterator[State]:
+        async with contextlib.AsyncExitStack() as stack:
+            pool = await create_pool(database_url, settings.pool_min_size,
+                                     settings.pool_max_size,
+                                     acquire_timeout_s=settings.pool_acquire_timeout_s,
+                                     read_reserve=settings.pool_read_reserve,
+                                     statement_timeout_ms=settings.api_statement_timeout_ms,
+                                     lock_timeout_ms=settings.api_lock_timeout_ms)
+            stack.push_async_callback(pool.close)
+            # Sessions that are behind read the log on connections of their own.
+            catch_up_log = ChangeLog(database_url, settings.log_read_connections,
+                                     settings.log_statement_timeout_ms, "orderstream-catch-up")
+            await catch_up_log.open()
+            stack.push_async_callback(catch_up_log.close)
+            hub = Hub(catch_up_log, settings.session_queue_bytes)
+            listener = Listener(database_url, hub, settings.listener_queue_size,
+                                log_statement_timeout_ms=settings.log_statement_timeout_ms)
             await listener.start()
-        except BaseException:
-            await pool.close()
-            raise
-        restore_signals = close_sockets_on_signal(hub)
-        pruner = asyncio.create_task(
-            _prune_forever(pool, settings.change_log_retention_hours * 3600), name="pruner")
-        try:
-            yield {
-                "settings": settings,
-                "pool": pool,
-                "hub": hub,
-                "listener": listener,
-                "passwords": Passwords(settings.argon2_time_cost, settings.argon2_memory_cost_kib),
-                "login_throttle": LoginThrottle(settings.login_max_failures),
-                "quote_snapshot": quote_snapshot,
-                "replay": replay,
-            }
-        finally:
-            restore_signals()
-            pruner.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await pruner
-            await listener.close()
-            await pool.close()
+            stack.push_async_callback(listener.close)
+            stack.callback(close_sockets_on_signal(hub))
+            pruner = asyncio.create_task(
+                _prune_forever(pool, settings.change_log_retention_hours * 3600), name="pruner")
+            stack.callback(pruner.cancel)
+            yield State(
+                settings=settings,
+                pool=pool,
+                hub=hub,
+                listener=listener,
+                passwords=Passwords(settings.argon2_time_cost, settings.argon2_memory_cost_kib),
+                login_throttle=LoginThrottle(settings.login_max_failures),
+            )
 
     secret = config.secret_key(settings)
     login_manager = LoginManager(redirect_to="/login", secret_key=secret,
@@ -183,6 +168,7 @@ def create_app(settings: config.Settings, database_url: str) -> Starlette:
         Mount("/static", app=StaticFiles(directory=str(STATIC_DIR)), name="static"),
     ]
     middleware = [
+        Middleware(ws.KeepRawSend),
         Middleware(SecurityHeaders),
         Middleware(Sessions, secret_key=secret, secure=settings.cookie_secure),
         Middleware(AuthenticationMiddleware, backend=TokenOrSessionBackend(login_manager),
@@ -190,6 +176,7 @@ def create_app(settings: config.Settings, database_url: str) -> Starlette:
     ]
     exception_handlers = {
         ApiError: api_error_handler,
+        PoolBusy: pool_busy_handler,
         HTTPException: http_error_handler,
         asyncpg.PostgresError: database_error_handler,
         Exception: unexpected_error_handler,

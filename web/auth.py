@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import asyncpg
 from starlette.authentication import AuthCredentials, AuthenticationBackend, BaseUser
 from starlette.requests import HTTPConnection
 from starlette_login.backends import SessionAuthBackend
@@ -11,9 +12,12 @@ from starlette_login.login_manager import LoginManager
 from starlette_login.mixins import AnonymousUser, UserMixin
 
 from db import queries
+from db.pool import PoolBusy
 
 # scope["auth_method"]: how the current request authenticated; CSRF applies to "session" only.
 AUTH_METHOD = "auth_method"
+# scope["auth_failure"]: the database error that kept the request from being authenticated.
+AUTH_FAILURE = "auth_failure"
 
 
 @dataclass(frozen=True)
@@ -63,6 +67,16 @@ class TokenOrSessionBackend(AuthenticationBackend):
         self._session = SessionAuthBackend(login_manager)
 
     async def authenticate(self, conn: HTTPConnection) -> tuple[AuthCredentials, BaseUser]:
+        try:
+            return await self._authenticate(conn)
+        except (PoolBusy, asyncpg.PostgresError) as exc:
+            # Raised here, in a middleware, it would bypass the error handlers and answer
+            # 500. The request goes on unauthenticated instead and the route answers the
+            # failure (see auth_failure), as it answers its own database errors.
+            conn.scope[AUTH_FAILURE] = exc
+            return AuthCredentials(), AnonymousUser()
+
+    async def _authenticate(self, conn: HTTPConnection) -> tuple[AuthCredentials, BaseUser]:
         header = conn.headers.get("authorization")
         if header is not None:
             conn.scope[AUTH_METHOD] = "token"
@@ -84,3 +98,8 @@ class TokenOrSessionBackend(AuthenticationBackend):
 def current_user(conn: HTTPConnection) -> WebUser | None:
     user = conn.scope.get("user")
     return user if isinstance(user, WebUser) else None
+
+
+def auth_failure(conn: HTTPConnection) -> PoolBusy | asyncpg.PostgresError | None:
+    """The database error that kept this request from being authenticated, if any."""
+    return conn.scope.get(AUTH_FAILURE)

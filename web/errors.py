@@ -1,7 +1,8 @@
 """The one JSON error shape, the domain error that carries it, and the handlers.
 
 Every error the API returns is {"error": {"code", "message", "fields"?}} with a
-4xx status; database errors are translated here, at the edge.
+4xx status, or 503 (with Retry-After) when the database is too busy to answer in time;
+database errors are translated here, at the edge.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
+from db.pool import PoolBusy
+
 log = logging.getLogger(__name__)
 
 
@@ -21,12 +24,31 @@ class ApiError(Exception):
     """A request the API refuses, with the status and JSON error to answer."""
 
     def __init__(self, status: int, code: str, message: str,
-                 fields: dict[str, str] | None = None) -> None:
+                 fields: dict[str, str] | None = None,
+                 headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
         self.fields = fields
+        self.headers = headers
+
+
+# Seconds a client should wait before retrying a request refused for a lock or a busy pool:
+# about two lock timeouts, long enough for a short lock to go, short enough not to stall.
+RETRY_AFTER = {"Retry-After": "1"}
+
+
+def busy_error(exc: PoolBusy) -> ApiError:
+    """503 for a request that got no database connection (or write slot) in time."""
+    return ApiError(503, "busy", f"the server is busy: {exc}; retry shortly",
+                    headers=RETRY_AFTER)
+
+
+async def pool_busy_handler(request: Request, exc: Exception) -> Response:
+    """A request that found no database connection in time, wherever it asked for one."""
+    assert isinstance(exc, PoolBusy)
+    return await api_error_handler(request, busy_error(exc))
 
 
 def error_body(code: str, message: str, fields: dict[str, str] | None = None) -> dict[str, Any]:
@@ -71,7 +93,7 @@ def _wants_json(request: Request) -> bool:
 
 async def api_error_handler(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ApiError)
-    return error_response(exc.status, exc.code, exc.message, exc.fields)
+    return error_response(exc.status, exc.code, exc.message, exc.fields, exc.headers)
 
 
 async def http_error_handler(request: Request, exc: Exception) -> Response:
@@ -99,10 +121,34 @@ async def database_error_handler(request: Request, exc: Exception) -> Response:
         return error_response(422, "invalid", str(exc).split("\n")[0])
     if isinstance(exc, asyncpg.exceptions.SerializationError | asyncpg.DeadlockDetectedError):
         return error_response(409, "conflict", "concurrent change, retry")
+    if isinstance(exc, asyncpg.LockNotAvailableError):  # 55P03: waited lock_timeout for a lock
+        return error_response(409, "locked", f"{_locked_what(request)} is locked by another"
+                              " transaction; retry shortly", headers=RETRY_AFTER)
+    if isinstance(exc, asyncpg.QueryCanceledError):  # 57014: statement_timeout, or an operator
+        why = ("it ran longer than the statement timeout" if "statement timeout" in str(exc)
+               else "an operator cancelled it")
+        return error_response(503, "timeout", f"the database cancelled the query: {why};"
+                              " retry shortly", headers=RETRY_AFTER)
     log.exception("database error on %s %s", request.method, request.url.path)
     return error_response(503, "database_error", "the database could not complete the request")
 
 
+def _locked_what(request: Request) -> str:
+    order_id = request.path_params.get("order_id")
+    if order_id is not None:
+        return f"order {order_id}"
+    user_id = request.path_params.get("user_id")
+    if user_id is not None:
+        return f"user {user_id}"
+    return "a row this request changes"
+
+
 async def unexpected_error_handler(request: Request, exc: Exception) -> Response:
+    # Raised outside the routes (in the auth middleware, say), these reach this handler
+    # rather than their own: answer them the same way.
+    if isinstance(exc, PoolBusy):
+        return await api_error_handler(request, busy_error(exc))
+    if isinstance(exc, asyncpg.PostgresError):
+        return await database_error_handler(request, exc)
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return error_response(500, "internal_error", "internal error")

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from starlette.requests import Request
 
-from web.auth import AUTH_METHOD, WebUser, current_user
+from db.pool import PoolBusy
+from web.auth import AUTH_METHOD, WebUser, auth_failure, current_user
 from web.csrf import HEADER, SAFE_METHODS, csrf_valid
-from web.errors import ApiError
+from web.errors import ApiError, busy_error
 
 
 def api_user(request: Request, staff: bool = False) -> WebUser:
@@ -14,6 +15,9 @@ def api_user(request: Request, staff: bool = False) -> WebUser:
 
     A non-staff user asking for a staff-only resource gets 404: it does not exist for them.
     """
+    failure = auth_failure(request)
+    if failure is not None:  # not "unauthorized": the database could not tell
+        raise busy_error(failure) if isinstance(failure, PoolBusy) else failure
     user = current_user(request)
     if user is None:
         if request.scope.get(AUTH_METHOD) == "token" or "authorization" in request.headers:

@@ -24,11 +24,23 @@ _SORT_PATTERN = f"^{_SORT_KEY}(,{_SORT_KEY}){{0,{len(SORT_COLUMNS) - 1}}}$"
 _ERROR = {"$ref": "#/components/schemas/Error"}
 
 
+_RETRY_AFTER = {"Retry-After": {
+    "description": "seconds to wait before retrying (a locked row, a busy database)",
+    "schema": {"type": "integer", "minimum": 0}}}
+# Every operation may meet a busy database: 503 with Retry-After ("busy", "timeout").
+_BUSY = 503
+
+
 def _errors(*statuses: int) -> dict[str, Any]:
-    return {
-        str(s): {"description": "error", "content": {"application/json": {"schema": _ERROR}}}
-        for s in statuses
-    }
+    """Error responses; 409 (also "locked" for writes) and 503 may carry Retry-After."""
+    responses: dict[str, Any] = {}
+    for s in (*statuses, _BUSY):
+        response: dict[str, Any] = {"description": "error",
+                                    "content": {"application/json": {"schema": _ERROR}}}
+        if s in (409, 503):
+            response["headers"] = _RETRY_AFTER
+        responses[str(s)] = response
+    return responses
 
 
 def _json(schema: dict[str, Any], description: str = "ok") -> dict[str, Any]:
@@ -110,7 +122,9 @@ SPEC: dict[str, Any] = {
                                   **_errors(401, 404)}},
             "patch": {
                 "operationId": "updateOrder",
-                "summary": "Change some fields; send `version` to refuse (409) if it moved on.",
+                "summary": "Change some fields; send `version` to refuse (409) if it moved on. "
+                           "A row held by another transaction answers 409 `locked` with "
+                           "Retry-After once `api_lock_timeout_ms` has passed.",
                 "requestBody": {"required": True, "content": {"application/json": {"schema": {
                     "type": "object",
                     "properties": {**_ORDER_INPUT_PROPS,
@@ -121,7 +135,7 @@ SPEC: dict[str, Any] = {
             },
             "delete": {"operationId": "deleteOrder",
                        "responses": {"204": {"description": "deleted"},
-                                     **_errors(401, 403, 404)}},
+                                     **_errors(401, 403, 404, 409)}},
         },
         "/api/users": {
             "get": {"operationId": "listUsers", "summary": "staff only",
@@ -150,14 +164,14 @@ SPEC: dict[str, Any] = {
                                    "is_staff": {"type": "boolean"}},
                     "additionalProperties": False}}}},
                 "responses": {"200": _json({"$ref": "#/components/schemas/User"}),
-                              **_errors(400, 401, 403, 404, 413, 415, 422)},
+                              **_errors(400, 401, 403, 404, 409, 413, 415, 422)},
             },
         },
         "/api/users/{user_id}/tokens": {
             "parameters": [_USER_ID],
             "delete": {"operationId": "revokeTokens", "summary": "staff only",
                        "responses": {"200": _json({"type": "object", "properties": {
-                           "revoked": {"type": "integer"}}}), **_errors(401, 403, 404)}},
+                           "revoked": {"type": "integer"}}}), **_errors(401, 403, 404, 409)}},
         },
     },
     "components": {

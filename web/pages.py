@@ -12,8 +12,9 @@ from starlette.templating import Jinja2Templates
 from starlette_login.utils import login_user, logout_user
 
 from db import queries
-from web.auth import SESSION_ID_KEY, WebUser, current_user
+from web.auth import SESSION_ID_KEY, WebUser, auth_failure, current_user
 from web.csrf import FORM_FIELD, csrf_token, csrf_valid
+from web.errors import RETRY_AFTER
 
 templates = Jinja2Templates(directory=str(Path(__file__).resolve().parent / "templates"))
 
@@ -35,6 +36,9 @@ def _render(request: Request, name: str, status: int = 200, **context: object) -
 
 
 def _login_redirect(request: Request) -> Response:
+    if auth_failure(request) is not None:  # logged in, maybe: the database could not tell
+        return PlainTextResponse("The server is busy; reload in a moment.", status_code=503,
+                                 headers=RETRY_AFTER)
     return RedirectResponse(f"/login?next={request.url.path}", status_code=303)
 
 

@@ -10,6 +10,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from db import queries
+from web.connections import reading, writing
 from web.errors import ApiError
 from web.guard import api_user
 from web.order_input import json_object
@@ -59,7 +60,8 @@ def _user_id(request: Request) -> int:
 
 async def list_users(request: Request) -> Response:
     api_user(request, staff=True)
-    rows = await queries.list_users(request.state.pool)
+    async with reading(request) as db:
+        rows = await queries.list_users(db)
     return JSONResponse({"items": [_user_json(r) for r in rows]})
 
 
@@ -81,7 +83,8 @@ async def create_user(request: Request) -> Response:
         raise ApiError(422, "invalid", "the user is not valid", problems)
     assert password is not None
     password_hash = await request.state.passwords.hash_async(password)
-    row = await queries.create_user(request.state.pool, username, password_hash, is_staff)
+    async with writing(request) as db:
+        row = await queries.create_user(db, username, password_hash, is_staff)
     return JSONResponse(_user_json(row), status_code=201)
 
 
@@ -100,7 +103,8 @@ async def update_user(request: Request) -> Response:
     if problems:
         raise ApiError(422, "invalid", "the change is not valid", problems)
     password_hash = None if password is None else await request.state.passwords.hash_async(password)
-    row = await queries.update_user(request.state.pool, user_id, is_staff, password_hash)
+    async with writing(request) as db:
+        row = await queries.update_user(db, user_id, is_staff, password_hash)
     if row is None:
         raise ApiError(404, "not_found", f"no user {user_id}")
     return JSONResponse(_user_json(row))
@@ -109,9 +113,11 @@ async def update_user(request: Request) -> Response:
 async def revoke_tokens(request: Request) -> Response:
     api_user(request, staff=True)
     user_id = _user_id(request)
-    if await queries.user_by_id(request.state.pool, user_id) is None:
+    async with writing(request) as db:
+        known = await queries.user_by_id(db, user_id) is not None
+        revoked = await queries.revoke_tokens(db, user_id) if known else 0
+    if not known:
         raise ApiError(404, "not_found", f"no user {user_id}")
-    revoked = await queries.revoke_tokens(request.state.pool, user_id)
     return JSONResponse({"revoked": revoked})
 
 

@@ -11,24 +11,20 @@ import time
 from typing import Any
 from urllib.parse import urlsplit
 
-import asyncpg
 from starlette.routing import WebSocketRoute
+from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from db.position import CursorError, Position, with_cursor
+from db import queries
+from db.position import CursorError, Position
 from web.auth import current_user
-from web.hub import (
-    ALL_OWNERS,
-    CLOSE,
-    Hub,
-    OwnerKey,
-    Session,
-    delete_frame_for,
-    frame_with_op,
-)
+from web.frames import ALL_OWNERS, OwnerKey
+from web.hub import Hub
+from web.subscriber import CLOSE, Subscriber
 
 log = logging.getLogger(__name__)
 
+RAW_SEND = "orderstream.raw_send"
 MAX_MESSAGE_CHARS = 16 * 1024
 MAX_INSTRUMENTS = 200
 # Token bucket: a client may send RATE_PER_SECOND messages on average, BURST at once.
@@ -100,14 +96,14 @@ class _RateLimit:
 class Protocol:
     """One socket's conversation: parse client frames, change subscriptions, queue answers."""
 
-    def __init__(self, websocket: WebSocket, session: Session) -> None:
+    def __init__(self, websocket: WebSocket, sub: Subscriber) -> None:
         self.websocket = websocket
-        self.session = session
+        self.sub = sub
         self.state = websocket.state
         self.hub: Hub = websocket.state.hub
 
     def reply(self, frame: str) -> None:
-        self.session.offer(frame)
+        self.sub.reply(frame)
 
     def error(self, code: str, message: str) -> None:
         self.reply(error_frame(code, message))
@@ -150,8 +146,8 @@ class Protocol:
             self.error("bad_request", f"unknown channel {channel!r}; expected 'orders' or 'quotes'")
 
     def _owner_key(self, message: dict[str, Any]) -> OwnerKey | None:
-        session = self.session
-        owner = message.get("owner", session.user_id)
+        sub = self.sub
+        owner = message.get("owner", sub.user_id)
         if owner == ALL_OWNERS:
             key: OwnerKey = ALL_OWNERS
         elif isinstance(owner, int) and not isinstance(owner, bool) and owner > 0:
@@ -159,7 +155,7 @@ class Protocol:
         else:
             self.error("bad_request", f"owner must be a user id or \"*\", got {owner!r}")
             return None
-        if key != session.user_id and not session.is_staff:
+        if key != sub.user_id and not sub.is_staff:
             self.error("forbidden", "only staff may subscribe to other owners' orders")
             return None
         return key
@@ -181,49 +177,16 @@ class Protocol:
             return
         # Rights may have changed while we waited: check again, then, with no await between
         # registering and queueing `subscribed`, every event the hub publishes from here
-        # on lands behind it, and the listener is LISTENing.
-        if self._owner_key(message) != key or self.session.closing:
+        # on lands behind it (a resume reads what came before from the log).
+        if self._owner_key(message) != key or self.sub.closing:
             return
-        self.hub.subscribe_orders(self.session, key, hold=position is not None)
         if position is None:
             self.reply(_frame(type="subscribed", channel="orders", owner=key,
-                              seq=self.hub.last_seq, cursor=self.hub.cursor))
-            return
-        self.reply(_frame(type="subscribed", channel="orders", owner=key, seq=self.hub.last_seq,
-                          after=message["after"]))
-        await self.replay(key, position)
-
-    async def replay(self, key: OwnerKey, position: Position) -> None:
-        """Resume: what the cursor missed from the change log, then the live events that
-        waited meanwhile (minus repeats)."""
-        owner = None if key == ALL_OWNERS else key
-        generation = self.session.orders_generation
-        who = self.hub.identities_of(self.session)
-        expired = "cursor expired"
-        try:
-            rights, changes = await self.state.replay(position, who, owner)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
-            log.exception("replay for a resuming session failed")
-            rights, changes, expired = None, None, "replay failed"
-        if rights is not None:
-            # The replay may hold changes committed after a change of rights the stream
-            # has not brought yet: judge them by rights read in the replay's snapshot.
-            self.hub.narrow(self.session, rights)
-        if self.session.orders_generation != generation or self.session.closing:
-            return  # unsubscribed, resubscribed, demoted or revoked meanwhile: void
-        if changes is None:
-            self.hub.release_held(self.session, [], resync_reason=expired)
-            return
-        frames = []
-        for change in changes:
-            position.advance(change.xid, change.seq, position.watermark)
-            frame = with_cursor(change.frame, position.cursor())
-            if owner is not None and change.owner_id != owner:
-                frame = delete_frame_for(frame, owner)  # it moved away from this owner
-            elif owner is not None and change.old_owner_id not in (None, owner):
-                frame = frame_with_op(frame, "insert")  # it moved to this owner
-            frames.append(frame)
-        self.hub.release_held(self.session, frames, position.covers, position.highest())
+                              seq=self.hub.last_seq, cursor=self.hub.position.cursor()))
+        else:
+            self.reply(_frame(type="subscribed", channel="orders", owner=key,
+                              seq=self.hub.last_seq, after=message["after"]))
+        self.hub.subscribe_orders(self.sub, key, after=position)
 
     async def subscribe_quotes(self, message: dict[str, Any]) -> None:
         instruments = message.get("instruments")
@@ -236,31 +199,47 @@ class Protocol:
                        f"instruments must be a list of 1-{MAX_INSTRUMENTS} instrument names")
             return
         wanted = frozenset(instruments)
-        self.hub.subscribe_quotes(self.session, wanted)
+        self.hub.subscribe_quotes(self.sub, wanted)
         self.reply(_frame(type="subscribed", channel="quotes", instruments=sorted(wanted)))
-        for frame in await self.state.quote_snapshot(sorted(wanted)):
+        for frame in await queries.quote_frames(self.state.pool, sorted(wanted)):
             self.reply(frame)
 
     def unsubscribe(self, message: dict[str, Any]) -> None:
         channel = message.get("channel")
         if channel == "orders":
-            self.hub.unsubscribe_orders(self.session)
+            self.hub.unsubscribe_orders(self.sub)
         elif channel == "quotes":
-            self.hub.unsubscribe_quotes(self.session)
+            self.hub.unsubscribe_quotes(self.sub)
         else:
             self.error("bad_request", f"unknown channel {channel!r}; expected 'orders' or 'quotes'")
             return
         self.reply(_frame(type="unsubscribed", channel=channel))
 
 
-async def _send_loop(websocket: WebSocket, session: Session) -> None:
-    counters = session.counters
+class KeepRawSend:
+    """ASGI middleware, outermost: keeps the server's own `send` in a WebSocket's scope. The
+    sender writes event frames through it, past the middleware that wraps `send` for every
+    message (sessions, authentication, exceptions) but only acts on HTTP responses: that
+    chain cost as much as the write itself (py-spy, 100,000 frames to one socket)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            scope[RAW_SEND] = send
+        await self.app(scope, receive, send)
+
+
+async def _send_loop(websocket: WebSocket, sub: Subscriber, hub: Hub) -> None:
+    counters = hub.counters
+    send = websocket.scope.get(RAW_SEND, websocket.send)
     while True:
-        frame = await session.queue.get()
+        frame = await sub.queue.get()
         if frame is CLOSE:
-            await websocket.close(code=session.close_code, reason=session.close_reason)
+            await websocket.close(code=sub.close_code, reason=sub.close_reason)
             return
-        await websocket.send_text(frame)
+        await send({"type": "websocket.send", "text": frame})
         counters.frames_sent += 1
 
 
@@ -274,9 +253,13 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
         return
     await websocket.accept()
     hub: Hub = websocket.state.hub
-    session = hub.open_session(user.id, user.is_staff, user.token_id, user.session_id)
-    protocol = Protocol(websocket, session)
-    sender = asyncio.create_task(_send_loop(websocket, session), name=f"ws-send-{user.id}")
+    async with hub.subscriber(user.id, user.is_staff, user.token_id, user.session_id) as sub:
+        await _converse(websocket, sub, hub, user.id)
+
+
+async def _converse(websocket: WebSocket, sub: Subscriber, hub: Hub, user_id: int) -> None:
+    protocol = Protocol(websocket, sub)
+    sender = asyncio.create_task(_send_loop(websocket, sub, hub), name=f"ws-send-{user_id}")
     limit = _RateLimit()
     violations = 0
     try:
@@ -302,7 +285,7 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
                 except Exception:
                     # A bug, not the client's doing: say so with 1011 instead of dropping
                     # the TCP connection without a close frame.
-                    log.exception("session of user %s failed on a frame", user.id)
+                    log.exception("socket of user %s failed on a frame", user_id)
                     await websocket.close(code=1011, reason="internal error")
                     break
             if violations > MAX_VIOLATIONS:
@@ -312,7 +295,6 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
     except WebSocketDisconnect:
         pass
     finally:
-        hub.close_session(session)
         sender.cancel()
         with contextlib.suppress(asyncio.CancelledError, WebSocketDisconnect, RuntimeError,
                                  OSError):

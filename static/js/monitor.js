@@ -8,7 +8,6 @@ export class Monitor {
   constructor(table, emptyNote = null) {
     this.tbody = table.tBodies[0] || table.appendChild(h('tbody'));
     this.emptyNote = emptyNote;
-    this.count = 0;
   }
 
   /** Add one event: frame is the socket's {type: 'order', op, seq, ts, order}; latency in ms. */
@@ -24,7 +23,6 @@ export class Monitor {
       h('td', { class: 'num' }, o.price ?? ''),
       h('td', { class: 'num col-optional' }, Number.isFinite(latencyMs) ? latencyMs.toFixed(1) : ''));
     this.tbody.prepend(tr);
-    this.count += 1;
     while (this.tbody.rows.length > MAX_ROWS) this.tbody.lastElementChild.remove();
     if (this.emptyNote) this.emptyNote.hidden = true;
   }

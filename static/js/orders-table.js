@@ -102,10 +102,6 @@ export class OrdersTable {
     return this.rows.size;
   }
 
-  has(id) {
-    return this.rows.has(Number(id));
-  }
-
   get(id) {
     const row = this.rows.get(Number(id));
     return row ? row.order : null;

@@ -1,0 +1,52 @@
+"""An order change as the change log stores it and the stream carries it, and a page of
+them as one read of the log returns it: plain data, shared by db/ and the hub."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from db.position import Position, Snapshot
+from db.rights import Rights
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    seq: int
+    xid: int
+    owner_id: int
+    # Set when an update moved the order away from this owner.
+    old_owner_id: int | None
+    frame: str  # the event frame from the trigger, without its cursor
+
+
+@dataclass(frozen=True)
+class Page:
+    """What one read found: changes in delivery order, read in `snapshot`. `complete`:
+    nothing else uncovered was visible in it. `expired`: the log no longer reaches back to
+    the position (retention, TRUNCATE), so nothing was read."""
+
+    changes: list[Change]
+    snapshot: Snapshot
+    complete: bool
+    expired: bool = False
+    rights: Rights | None = None
+
+    def positions(self, start: Position) -> list[Position]:
+        """The position after each change, starting from `start`."""
+        out = []
+        position = start
+        for change in self.changes:
+            position = position.after_read(change.xid, change.seq, self.snapshot)
+            out.append(position)
+        return out
+
+    def end(self, start: Position) -> Position:
+        """The position once the whole page is delivered."""
+        position = start
+        if self.changes:
+            position = self.positions(start)[-1]
+        if self.complete or self.expired:
+            if position.current is not None:
+                position = position.finish(position.current[0])
+            position = position.merge(self.snapshot)
+        return position

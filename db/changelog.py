@@ -1,0 +1,187 @@
+"""Reading the order change log (order_changes): the slow lane of the stream.
+
+A consumer that is behind (a resuming client, a listener after a gap, a session whose
+queue filled up, a statement too big to announce row by row) reads what its position does
+not cover, in pages bounded in rows and bytes, each in its own repeatable-read snapshot.
+The reads run on connections of their own with `statement_timeout`, never on the API's
+pool, so a blocked API cannot stall the stream and a slow read cannot stall the API.
+"""
+
+from __future__ import annotations
+
+import asyncpg
+
+from db.change import Change, Page
+from db.position import Position, Snapshot
+from db.rights import Identities, Rights
+
+_COLUMNS = "c.seq, c.xid AS x, c.xid::text::bigint AS xid, c.owner_id, c.old_owner_id, c.frame"
+_OWNER = "($4::bigint IS NULL OR c.owner_id = $4 OR c.old_owner_id = $4)"
+# What a position does not cover, in (xid, seq) order: transactions from xmax on, and the
+# pending ranges below it; each branch an index range scan on (xid, seq). The transaction
+# under way is read by _REST_OF_CURRENT first, so it is left out here.
+_UNCOVERED = (
+    f"(SELECT {_COLUMNS} FROM order_changes c"
+    f" WHERE c.xid >= $1::text::xid8 AND {_OWNER}"
+    "  AND c.xid IS DISTINCT FROM $5::text::xid8 ORDER BY c.xid, c.seq LIMIT $6)"
+    " UNION ALL"
+    # LATERAL (OFFSET 0 keeps it so): each of the few pending ranges drives its own index scan.
+    " (SELECT c.* FROM unnest($2::text[]::xid8[], $3::text[]::xid8[]) AS r(lo, hi),"
+    f" LATERAL (SELECT {_COLUMNS} FROM order_changes c WHERE c.xid BETWEEN r.lo AND r.hi"
+    f"  AND {_OWNER} AND c.xid IS DISTINCT FROM $5::text::xid8 OFFSET 0) c"
+    " ORDER BY c.x, c.seq"
+    "  LIMIT $6)"
+    " ORDER BY x, seq LIMIT $6"
+)
+_REST_OF_CURRENT = (
+    f"SELECT {_COLUMNS} FROM order_changes c"
+    f" WHERE c.xid = $1::text::xid8 AND c.seq > $2 AND {_OWNER.replace('$4', '$3')}"
+    " ORDER BY c.xid, c.seq LIMIT $4"  # the index's order: no sort, whatever the statistics
+)
+
+
+def _bounded(query: str, max_bytes: str) -> str:
+    """`query`'s rows (already limited in number) while the frames before each one stay
+    under `max_bytes` (a parameter): a page is bounded in bytes without a round trip per
+    row. The first row always comes."""
+    return (
+        "SELECT seq, xid, owner_id, old_owner_id, frame FROM ("
+        " SELECT q.*, sum(octet_length(q.frame)) OVER (ORDER BY q.x, q.seq"
+        "  ROWS UNBOUNDED PRECEDING) - octet_length(q.frame) AS before"
+        f" FROM ({query}) q) b WHERE b.before < {max_bytes} ORDER BY x, seq"
+    )
+
+
+_PAGE_OF_CURRENT = _bounded(_REST_OF_CURRENT, "$5")
+_PAGE_OF_UNCOVERED = _bounded(_UNCOVERED, "$7")
+
+
+class ChangeLog:
+    """Reads of the change log on a small pool of its own."""
+
+    def __init__(self, url: str, max_connections: int = 2,
+                 statement_timeout_ms: int = 10_000, name: str = "orderstream-log") -> None:
+        self._url = url
+        self._max = max_connections
+        self._timeout_ms = statement_timeout_ms
+        self._name = name
+        self._pool: asyncpg.Pool | None = None
+
+    async def open(self) -> None:
+        self._pool = await asyncpg.create_pool(
+            self._url, min_size=1, max_size=self._max,
+            server_settings={"application_name": self._name, "timezone": "UTC",
+                             "statement_timeout": str(self._timeout_ms)})
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise RuntimeError("the change log is not open")
+        return self._pool
+
+    async def snapshot(self) -> Snapshot:
+        return Snapshot.parse(await self.pool.fetchval("SELECT pg_current_snapshot()::text"))
+
+    async def frame(self, seq: int) -> str | None:
+        """The frame of one change (announced without it: too big for NOTIFY)."""
+        return await self.pool.fetchval("SELECT frame FROM order_changes WHERE seq = $1", seq)
+
+    async def rights(self, who: Identities) -> Rights:
+        return await load_rights(self.pool, who)
+
+    async def read(self, position: Position, owner_id: int | None = None,
+                   who: Identities | None = None, max_rows: int = 1000,
+                   max_bytes: int = 1 << 20) -> Page:
+        """The next page of changes `position` does not cover, for one owner (also as the
+        previous owner) or, with None, for all; and the rights of `who` read in the same
+        snapshot, so no change is judged by rights older than it."""
+        async with self.pool.acquire() as conn, conn.transaction(isolation="repeatable_read",
+                                                                 readonly=True):
+            row = await conn.fetchrow(
+                "SELECT pg_current_snapshot()::text AS snapshot,"
+                " (SELECT pruned_xid::text::bigint FROM order_changes_horizon) AS horizon")
+            snapshot = Snapshot.parse(row["snapshot"])
+            rights = await load_rights(conn, who) if who is not None else None
+            if _expired(position, row["horizon"]):
+                return Page([], snapshot, complete=True, expired=True, rights=rights)
+            changes: list[Change] = []
+            current = position.current
+            if current is not None:
+                rows = await conn.fetch(_PAGE_OF_CURRENT, str(current[0]), current[1],
+                                        owner_id, max_rows, max_bytes)
+                if _full(rows, max_rows, max_bytes):
+                    return Page(_changes(rows), snapshot, complete=False, rights=rights)
+                changes = _changes(rows)
+                max_rows -= len(rows)
+                max_bytes -= sum(len(c.frame) for c in changes)
+            pending, xmax = position.uncovered()
+            rows = await conn.fetch(
+                _PAGE_OF_UNCOVERED, str(xmax), [str(a) for a, _ in pending],
+                [str(b) for _, b in pending], owner_id,
+                None if current is None else str(current[0]), max_rows, max(max_bytes, 1))
+            changes += _changes(rows)
+            return Page(changes, snapshot, complete=not _full(rows, max_rows, max_bytes),
+                        rights=rights)
+
+    async def read_transaction(self, xid: int, after_seq: int, max_rows: int = 1000,
+                               max_bytes: int = 1 << 20) -> tuple[list[Change], bool]:
+        """The changes of one committed transaction after `after_seq`, in seq order (a
+        statement announced in bulk); and whether that was all of them."""
+        rows = await self.pool.fetch(_PAGE_OF_CURRENT, str(xid), after_seq, None, max_rows,
+                                     max_bytes)
+        return _changes(rows), not _full(rows, max_rows, max_bytes)
+
+
+def _changes(rows: list[asyncpg.Record]) -> list[Change]:
+    return [Change(r["seq"], r["xid"], r["owner_id"], r["old_owner_id"], r["frame"])
+            for r in rows]
+
+
+def _full(rows: list[asyncpg.Record], max_rows: int, max_bytes: int) -> bool:
+    """Whether a page stopped at its bounds (more may follow) rather than at the end."""
+    return len(rows) >= max_rows or sum(len(r["frame"]) for r in rows) >= max_bytes
+
+
+def _expired(position: Position, horizon: int | None) -> bool:
+    """Whether changes the position does not cover may have been pruned."""
+    if not horizon:
+        return False
+    pending, xmax = position.uncovered()
+    return xmax <= horizon or bool(pending and pending[0][0] <= horizon)
+
+
+async def load_rights(db: asyncpg.Pool | asyncpg.Connection, who: Identities) -> Rights:
+    """Which of these users still exist (and their staff flag), and which of these tokens
+    and browser sessions are still valid."""
+    users = await db.fetch("SELECT id, is_staff FROM users WHERE id = ANY($1::bigint[])",
+                           list(who.users))
+    tokens = await db.fetch("SELECT id FROM api_tokens WHERE id = ANY($1::bigint[])"
+                            " AND revoked_at IS NULL", list(who.tokens))
+    sids = await db.fetch("SELECT sid FROM web_sessions WHERE sid = ANY($1::text[])",
+                          list(who.web_sessions))
+    return Rights(staff={r["id"]: r["is_staff"] for r in users},
+                  tokens={r["id"] for r in tokens}, web_sessions={r["sid"] for r in sids})
+
+
+async def prune(pool: asyncpg.Pool, older_than_seconds: float) -> int:
+    """Delete change-log rows past retention (one process at a time); returns how many."""
+    async with pool.acquire() as conn, conn.transaction():
+        if not await conn.fetchval("SELECT pg_try_advisory_xact_lock(7363, 1)"):
+            return 0
+        # A big prune may take longer than the API's timeouts on this connection allow.
+        await conn.execute("SET LOCAL statement_timeout = 0; SET LOCAL lock_timeout = 0")
+        row = await conn.fetchrow(
+            "WITH gone AS (DELETE FROM order_changes"
+            "  WHERE created_at < now() - make_interval(secs => $1) RETURNING xid)"
+            " SELECT count(*) AS n, max(xid)::text AS newest FROM gone", older_than_seconds)
+        if row["n"]:
+            await conn.execute(
+                "UPDATE order_changes_horizon"
+                " SET pruned_xid = greatest(pruned_xid, $1::text::xid8)",
+                row["newest"])
+        return row["n"]

@@ -1,0 +1,1 @@
+"""Helpers the tests share beside the fixtures in conftest.py."""

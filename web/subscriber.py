@@ -1,0 +1,147 @@
+"""One WebSocket's registration with the hub: who it is, what it watches, where it stands,
+and its outgoing queue, bounded in bytes."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import enum
+from dataclasses import dataclass, field
+
+from db.position import Position
+from web.frames import OwnerKey
+
+# Queued after everything else to make the sender close the socket.
+CLOSE = "\x00close"
+# Per queued frame, beside its text: the str object and the deque slot (bytes).
+FRAME_OVERHEAD = 64
+
+
+class Mode(enum.Enum):
+    CURRENT = "current"  # takes live events as the hub publishes them
+    BEHIND = "behind"  # reads the change log from its own position
+    AHEAD = "ahead"  # caught up past the hub: skips live events its position covers
+
+
+@dataclass
+class Counters:
+    events_received: int = 0
+    quotes_received: int = 0
+    frames_sent: int = 0
+    quotes_dropped: int = 0
+    resyncs_sent: int = 0
+    catch_ups: int = 0
+    log_reads: int = 0
+
+
+class FrameQueue:
+    """A FIFO of text frames that knows its size in bytes and wakes who waits for room."""
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self.bytes = 0
+        self._frames: collections.deque[str] = collections.deque()
+        self._ready = asyncio.Event()
+        self._room = asyncio.Event()
+        self._room.set()
+
+    def __len__(self) -> int:
+        return len(self._frames)
+
+    def fits(self, frame: str) -> bool:
+        return self.bytes + len(frame) + FRAME_OVERHEAD <= self.budget
+
+    def put(self, frame: str) -> None:
+        self._frames.append(frame)
+        self.bytes += len(frame) + FRAME_OVERHEAD
+        self._ready.set()
+        if self.bytes > self.budget // 2:
+            self._room.clear()
+
+    async def get(self) -> str:
+        while not self._frames:
+            self._ready.clear()
+            await self._ready.wait()
+        frame = self._frames.popleft()
+        self.bytes -= len(frame) + FRAME_OVERHEAD
+        if self.bytes <= self.budget // 2:
+            self._room.set()
+        return frame
+
+    async def wait_room(self) -> None:
+        """Until at most half the budget is queued."""
+        await self._room.wait()
+
+    def clear(self) -> None:
+        self._frames.clear()
+        self.bytes = 0
+        self._room.set()
+
+
+@dataclass(eq=False)
+class Subscriber:
+    """One socket's view of the hub."""
+
+    user_id: int
+    is_staff: bool
+    queue_bytes: int
+    token_id: int | None = None
+    web_session_id: str | None = None
+    queue: FrameQueue = field(init=False)
+    # Set before CLOSE is queued: how the sender closes the socket.
+    closing: bool = False
+    close_code: int = 1000
+    close_reason: str = ""
+    # The orders subscription; bumped by every change of it, so a catch-up that awaited
+    # the database knows whether it still applies.
+    orders_key: OwnerKey | None = None
+    generation: int = 0
+    mode: Mode = Mode.CURRENT
+    # Its own position while BEHIND or AHEAD (when CURRENT, the hub's is its own).
+    position: Position | None = None
+    # While a catch-up read is out: the live events published meanwhile, as
+    # (xid, seq, frame), None once they passed the budget.
+    held: list[tuple[int, int, str]] | None = None
+    held_bytes: int = 0
+    catch_up: asyncio.Task[None] | None = None
+    instruments: frozenset[str] = frozenset()
+
+    def __post_init__(self) -> None:
+        self.queue = FrameQueue(self.queue_bytes)
+
+    def reply(self, frame: str) -> None:
+        """Queue a control frame (pong, error, subscribed...). A client that sends but never
+        reads is closed once these alone pass four times the budget."""
+        if self.closing:
+            return
+        if self.queue.bytes > 4 * self.queue.budget:
+            self.close(1008, "client is not reading")
+            return
+        self.queue.put(frame)
+
+    def hold(self, xid: int, seq: int, frame: str) -> None:
+        if self.held is None:
+            return
+        self.held_bytes += len(frame) + FRAME_OVERHEAD
+        if self.held_bytes > self.queue.budget:
+            self.held = None  # the catch-up reads them from the log instead
+        else:
+            self.held.append((xid, seq, frame))
+
+    def close(self, code: int, reason: str) -> None:
+        """Have the sender close the socket after what is queued (or at once, if the queue is
+        past its budget); from now on nothing more is queued."""
+        if self.closing:
+            return
+        self.closing = True
+        self.close_code, self.close_reason = code, reason
+        if self.queue.bytes > self.queue.budget:
+            self.queue.clear()
+        self.queue.put(CLOSE)
+        self.stop_catch_up()
+
+    def stop_catch_up(self) -> None:
+        task, self.catch_up = self.catch_up, None
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+        self.held = None
