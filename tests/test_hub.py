@@ -49,7 +49,7 @@ def queued(sub) -> list[dict]:
     """Take what is queued without waiting."""
     out = []
     while len(sub.queue):
-        frame = sub.queue._frames[0]
+        frame = sub.queue._frames[0][0]
         out.append(frame)
         sub.queue._frames.popleft()
         sub.queue.bytes -= len(frame) + 64

@@ -190,3 +190,33 @@ async def test_flood_is_rate_limited_then_closed(server, make_user):
     # One client's flood does not affect another's socket.
     async with open_socket(server, make_user()) as calm:
         await assert_alive(calm)
+
+
+async def test_batch_subscription_packs_waiting_events_and_leaves_others_alone(
+        server, make_user, sql):
+    """With "batch": true, events waiting together arrive as one `batch` frame (each event
+    exactly as it would arrive alone); without it, frames stay as they are."""
+    alice = make_user()
+    async with open_socket(server, alice) as batched, open_socket(server, alice) as plain:
+        subscribed = await batched.subscribe_orders(batch=True)
+        assert subscribed["batch"] is True
+        assert "batch" not in await plain.subscribe_orders()
+        sql.execute("INSERT INTO orders (owner_id, instrument, quantity, price)"
+                    " SELECT %s, 'B' || g, 1, g FROM generate_series(1, 300) g", (alice.id,))
+        singles = [await plain.recv_type("order") for _ in range(300)]
+        events: list[dict] = []
+        frames = 0
+        while len(events) < 300:
+            frame = await batched.recv()
+            frames += 1
+            if frame["type"] == "batch":
+                events.extend(frame["events"])
+            else:
+                assert frame["type"] == "order", frame
+                events.append(frame)
+        assert events == singles  # same events, same order, same cursors
+        assert frames < 300  # some were packed
+        await batched.send({"op": "ping", "id": 1})
+        assert (await batched.recv_type("pong"))["id"] == 1
+        await batched.send({"op": "subscribe", "channel": "orders", "batch": "yes"})
+        assert (await batched.recv_type("error"))["code"] == "bad_request"

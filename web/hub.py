@@ -163,14 +163,14 @@ class Hub:
             if not sub.queue.fits(frame):
                 self._fall_behind(sub, sub.position.union(before))
                 return
-            sub.queue.put(frame)
+            sub.queue.put(frame, event=True)
             if self.position.includes(sub.position):
                 sub.mode, sub.position = Mode.CURRENT, None
             return
         if not sub.queue.fits(frame):
             self._fall_behind(sub, before)
             return
-        sub.queue.put(frame)
+        sub.queue.put(frame, event=True)
 
     def _fall_behind(self, sub: Subscriber, position: Position) -> None:
         sub.stop_catch_up()
@@ -219,7 +219,7 @@ class Hub:
             for change, position in zip(page.changes, page.positions(start), strict=True):
                 shaped = frame_for(key, change, with_cursor(change.frame, position.cursor()))
                 if shaped is not None:
-                    sub.queue.put(shaped)
+                    sub.queue.put(shaped, event=True)
             sub.position = page.end(start)
             if page.complete and sub.held is not None:
                 self._rejoin(sub)
@@ -234,7 +234,7 @@ class Hub:
         assert position is not None
         for xid, seq, frame in held:
             if not position.covers(xid, seq):
-                sub.queue.put(frame)
+                sub.queue.put(frame, event=True)
         sub.catch_up = None
         # Everything the hub published is now queued: either read, or held.
         merged = position.union(self.position)

@@ -35,12 +35,13 @@ class Counters:
 
 
 class FrameQueue:
-    """A FIFO of text frames that knows its size in bytes and wakes who waits for room."""
+    """A FIFO of text frames that knows its size in bytes and wakes who waits for room.
+    Each frame is marked as an order event or not (events may be packed into batches)."""
 
     def __init__(self, budget: int) -> None:
         self.budget = budget
         self.bytes = 0
-        self._frames: collections.deque[str] = collections.deque()
+        self._frames: collections.deque[tuple[str, bool]] = collections.deque()
         self._ready = asyncio.Event()
         self._room = asyncio.Event()
         self._room.set()
@@ -51,22 +52,36 @@ class FrameQueue:
     def fits(self, frame: str) -> bool:
         return self.bytes + len(frame) + FRAME_OVERHEAD <= self.budget
 
-    def put(self, frame: str) -> None:
-        self._frames.append(frame)
+    def put(self, frame: str, event: bool = False) -> None:
+        self._frames.append((frame, event))
         self.bytes += len(frame) + FRAME_OVERHEAD
         self._ready.set()
         if self.bytes > self.budget // 2:
             self._room.clear()
 
     async def get(self) -> str:
+        return (await self.get_events(1))[0]
+
+    async def get_events(self, most: int, most_bytes: int = 256 * 1024) -> list[str]:
+        """The next frame; or, when it is an event, it and the events that directly follow
+        it, up to `most` of them and (past the first) `most_bytes` of text."""
         while not self._frames:
             self._ready.clear()
             await self._ready.wait()
-        frame = self._frames.popleft()
-        self.bytes -= len(frame) + FRAME_OVERHEAD
+        frame, event = self._frames.popleft()
+        taken = [frame]
+        size = len(frame) + FRAME_OVERHEAD
+        if event:
+            frames = self._frames
+            while (frames and frames[0][1] and len(taken) < most
+                   and size + len(frames[0][0]) <= most_bytes):
+                frame = frames.popleft()[0]
+                taken.append(frame)
+                size += len(frame) + FRAME_OVERHEAD
+        self.bytes -= size
         if self.bytes <= self.budget // 2:
             self._room.set()
-        return frame
+        return taken
 
     async def wait_room(self) -> None:
         """Until at most half the budget is queued."""
@@ -105,6 +120,8 @@ class Subscriber:
     held_bytes: int = 0
     catch_up: asyncio.Task[None] | None = None
     instruments: frozenset[str] = frozenset()
+    # Opted in with "batch": true: order events waiting together go out as one frame.
+    batch: bool = False
 
     def __post_init__(self) -> None:
         self.queue = FrameQueue(self.queue_bytes)

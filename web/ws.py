@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 
 RAW_SEND = "orderstream.raw_send"
 MAX_MESSAGE_CHARS = 16 * 1024
+# Events packed into one `batch` frame at most (for subscriptions with "batch": true).
+MAX_BATCH = 500
 MAX_INSTRUMENTS = 200
 # Token bucket: a client may send RATE_PER_SECOND messages on average, BURST at once.
 RATE_PER_SECOND = 20.0
@@ -164,6 +166,10 @@ class Protocol:
         key = self._owner_key(message)
         if key is None:
             return
+        batch = message.get("batch", False)
+        if not isinstance(batch, bool):
+            self.error("bad_request", f"batch must be true or false, got {batch!r}")
+            return
         position = None
         if "after" in message:
             try:
@@ -180,12 +186,12 @@ class Protocol:
         # on lands behind it (a resume reads what came before from the log).
         if self._owner_key(message) != key or self.sub.closing:
             return
-        if position is None:
-            self.reply(_frame(type="subscribed", channel="orders", owner=key,
-                              seq=self.hub.last_seq, cursor=self.hub.position.cursor()))
-        else:
-            self.reply(_frame(type="subscribed", channel="orders", owner=key,
-                              seq=self.hub.last_seq, after=message["after"]))
+        where = ({"cursor": self.hub.position.cursor()} if position is None
+                 else {"after": message["after"]})
+        extra = {"batch": True} if batch else {}
+        self.reply(_frame(type="subscribed", channel="orders", owner=key,
+                          seq=self.hub.last_seq, **where, **extra))
+        self.sub.batch = batch
         self.hub.subscribe_orders(self.sub, key, after=position)
 
     async def subscribe_quotes(self, message: dict[str, Any]) -> None:
@@ -235,7 +241,14 @@ async def _send_loop(websocket: WebSocket, sub: Subscriber, hub: Hub) -> None:
     counters = hub.counters
     send = websocket.scope.get(RAW_SEND, websocket.send)
     while True:
-        frame = await sub.queue.get()
+        frames = await sub.queue.get_events(MAX_BATCH if sub.batch else 1)
+        if len(frames) > 1:
+            # Events are JSON objects already: the batch is assembled, never re-encoded.
+            text = '{"type": "batch", "events": [' + ",".join(frames) + "]}"
+            await send({"type": "websocket.send", "text": text})
+            counters.frames_sent += 1
+            continue
+        frame = frames[0]
         if frame is CLOSE:
             await websocket.close(code=sub.close_code, reason=sub.close_reason)
             return
