@@ -124,13 +124,15 @@ async def _burst(db: psycopg.AsyncConnection, ws: websockets.ClientConnection,
 
 
 async def _big_statement(db: psycopg.AsyncConnection, port: int, staff_token: str,
-                         owner_id: int, statement: str, params: tuple, rows: int) -> float:
+                         owner_id: int, statement: str, params: tuple, rows: int,
+                         batch: bool = False) -> float:
     """Seconds from the commit of one big statement to the last of its `rows` frames at a
     staff "*" socket (frames counted, not decoded: the server's time, not this client's)."""
     async with websockets.connect(f"ws://127.0.0.1:{port}/ws", max_size=2**24, max_queue=None,
                                   additional_headers={"Authorization": f"Bearer {staff_token}"}
                                   ) as ws:
-        await ws.send(json.dumps({"op": "subscribe", "channel": "orders", "owner": "*"}))
+        await ws.send(json.dumps({"op": "subscribe", "channel": "orders", "owner": "*",
+                                  "batch": batch}))
         assert json.loads(await ws.recv())["type"] == "subscribed"
 
         async def count() -> float:
@@ -139,7 +141,7 @@ async def _big_statement(db: psycopg.AsyncConnection, port: int, staff_token: st
                 text = await asyncio.wait_for(ws.recv(), 30)
                 if text.startswith('{"type": "resync"'):
                     raise RuntimeError(f"resync after {got} frames: {text}")
-                got += text.startswith('{"type" : "order"')
+                got += text.count('{"type" : "order"')  # one per event, batched or not
             return time.perf_counter()
 
         counter = asyncio.create_task(count())
@@ -164,6 +166,22 @@ async def _big_statements(db: psycopg.AsyncConnection, port: int, staff_token: s
                          (owner_id,))
         print(f"  {rows:>7,} rows   INSERT ... SELECT {insert:6.2f} s   UPDATE {update:6.2f} s"
               f"   ({rows / max(insert, update):,.0f} events/s at least)")
+    rows = 100_000
+    await db.execute("INSERT INTO orders (owner_id, instrument, quantity, price)"
+                     " SELECT %s, 'BIG', 1, g FROM generate_series(1, %s) g", (owner_id, rows))
+    plain = await _big_statement(
+        db, port, staff_token, owner_id,
+        "UPDATE orders SET price = price + 1 WHERE owner_id = %s AND instrument = 'BIG'",
+        (owner_id,), rows)
+    batched = await _big_statement(
+        db, port, staff_token, owner_id,
+        "UPDATE orders SET price = price + 1 WHERE owner_id = %s AND instrument = 'BIG'",
+        (owner_id,), rows, batch=True)
+    await db.execute("DELETE FROM orders WHERE owner_id = %s AND instrument = 'BIG'",
+                     (owner_id,))
+    print(f"  {rows:,}-row UPDATE to one socket: {rows / plain:,.0f} events/s plain,"
+          f" {rows / batched:,.0f} events/s with \"batch\": true"
+          f" (ratio {plain / batched:.2f})")
 
 
 async def _writer_cost(db: psycopg.AsyncConnection, order_id: int, updates: int

@@ -9,6 +9,17 @@ from db.position import Position, Snapshot
 from db.rights import Rights
 
 
+class ResyncReason:
+    """Every reason a `resync` frame can give: only when the log cannot replay a gap."""
+
+    TRUNCATED = "orders truncated"  # TRUNCATE orders: the log cannot say what vanished
+    EXPIRED = "cursor expired"  # the position is older than the log's retention
+    FORGED = "forged notification"  # a NOTIFY no writer sent moved the stream's position
+
+
+RESYNC_REASONS = frozenset({ResyncReason.TRUNCATED, ResyncReason.EXPIRED, ResyncReason.FORGED})
+
+
 @dataclass(frozen=True, slots=True)
 class Change:
     seq: int

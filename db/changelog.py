@@ -16,37 +16,41 @@ from db.position import Position, Snapshot
 from db.rights import Identities, Rights
 
 _COLUMNS = "c.seq, c.xid AS x, c.xid::text::bigint AS xid, c.owner_id, c.old_owner_id, c.frame"
-_OWNER = "($4::bigint IS NULL OR c.owner_id = $4 OR c.old_owner_id = $4)"
 # What a position does not cover, in (xid, seq) order: transactions from xmax on, and the
 # pending ranges below it; each branch an index range scan on (xid, seq). The transaction
 # under way is read by _REST_OF_CURRENT first, so it is left out here.
+# $1 xmax, $2/$3 pending lows/highs, $4 owner or NULL, $5 current xid or NULL, $6 rows.
 _UNCOVERED = (
-    f"(SELECT {_COLUMNS} FROM order_changes c"
-    f" WHERE c.xid >= $1::text::xid8 AND {_OWNER}"
+    f"(SELECT {_COLUMNS} FROM order_changes c WHERE c.xid >= $1::text::xid8"
+    "  AND ($4::bigint IS NULL OR c.owner_id = $4 OR c.old_owner_id = $4)"
     "  AND c.xid IS DISTINCT FROM $5::text::xid8 ORDER BY c.xid, c.seq LIMIT $6)"
     " UNION ALL"
     # LATERAL (OFFSET 0 keeps it so): each of the few pending ranges drives its own index scan.
     " (SELECT c.* FROM unnest($2::text[]::xid8[], $3::text[]::xid8[]) AS r(lo, hi),"
     f" LATERAL (SELECT {_COLUMNS} FROM order_changes c WHERE c.xid BETWEEN r.lo AND r.hi"
-    f"  AND {_OWNER} AND c.xid IS DISTINCT FROM $5::text::xid8 OFFSET 0) c"
-    " ORDER BY c.x, c.seq"
-    "  LIMIT $6)"
+    "  AND ($4::bigint IS NULL OR c.owner_id = $4 OR c.old_owner_id = $4)"
+    "  AND c.xid IS DISTINCT FROM $5::text::xid8 OFFSET 0) c"
+    " ORDER BY c.x, c.seq LIMIT $6)"
     " ORDER BY x, seq LIMIT $6"
 )
+# $1 xid, $2 after this seq, $3 owner or NULL, $4 rows; in the index's order: no sort,
+# whatever the statistics say.
 _REST_OF_CURRENT = (
-    f"SELECT {_COLUMNS} FROM order_changes c"
-    f" WHERE c.xid = $1::text::xid8 AND c.seq > $2 AND {_OWNER.replace('$4', '$3')}"
-    " ORDER BY c.xid, c.seq LIMIT $4"  # the index's order: no sort, whatever the statistics
+    f"SELECT {_COLUMNS} FROM order_changes c WHERE c.xid = $1::text::xid8 AND c.seq > $2"
+    "  AND ($3::bigint IS NULL OR c.owner_id = $3 OR c.old_owner_id = $3)"
+    " ORDER BY c.xid, c.seq LIMIT $4"
 )
 
 
 def _bounded(query: str, max_bytes: str) -> str:
     """`query`'s rows (already limited in number) while the frames before each one stay
-    under `max_bytes` (a parameter): a page is bounded in bytes without a round trip per
-    row. The first row always comes."""
+    under `max_bytes` (a parameter, UTF-8 bytes): a page bounded in bytes without a round
+    trip per row. The first row always comes. Each row tells its size and how many rows
+    the query had before the byte bound (`total`): more than came means the page was cut."""
     return (
-        "SELECT seq, xid, owner_id, old_owner_id, frame FROM ("
-        " SELECT q.*, sum(octet_length(q.frame)) OVER (ORDER BY q.x, q.seq"
+        "SELECT seq, xid, owner_id, old_owner_id, frame, bytes, total FROM ("
+        " SELECT q.*, octet_length(q.frame) AS bytes, count(*) OVER () AS total,"
+        "  sum(octet_length(q.frame)) OVER (ORDER BY q.x, q.seq"
         "  ROWS UNBOUNDED PRECEDING) - octet_length(q.frame) AS before"
         f" FROM ({query}) q) b WHERE b.before < {max_bytes} ORDER BY x, seq"
     )
@@ -104,28 +108,30 @@ class ChangeLog:
                                                                  readonly=True):
             row = await conn.fetchrow(
                 "SELECT pg_current_snapshot()::text AS snapshot,"
-                " (SELECT pruned_xid::text::bigint FROM order_changes_horizon) AS horizon")
+                " pruned_xid::text::bigint AS pruned, truncated_xid::text::bigint AS truncated"
+                " FROM order_changes_horizon")
             snapshot = Snapshot.parse(row["snapshot"])
             rights = await load_rights(conn, who) if who is not None else None
-            if _expired(position, row["horizon"]):
+            if _expired(position, snapshot, row["pruned"], row["truncated"]):
                 return Page([], snapshot, complete=True, expired=True, rights=rights)
             changes: list[Change] = []
             current = position.current
             if current is not None:
                 rows = await conn.fetch(_PAGE_OF_CURRENT, str(current[0]), current[1],
                                         owner_id, max_rows, max_bytes)
-                if _full(rows, max_rows, max_bytes):
+                if _cut(rows, max_rows):
                     return Page(_changes(rows), snapshot, complete=False, rights=rights)
                 changes = _changes(rows)
                 max_rows -= len(rows)
-                max_bytes -= sum(len(c.frame) for c in changes)
+                max_bytes -= sum(r["bytes"] for r in rows)
             pending, xmax = position.uncovered()
             rows = await conn.fetch(
                 _PAGE_OF_UNCOVERED, str(xmax), [str(a) for a, _ in pending],
                 [str(b) for _, b in pending], owner_id,
-                None if current is None else str(current[0]), max_rows, max(max_bytes, 1))
+                None if current is None else str(current[0]), max(max_rows, 1),
+                max(max_bytes, 1))
             changes += _changes(rows)
-            return Page(changes, snapshot, complete=not _full(rows, max_rows, max_bytes),
+            return Page(changes, snapshot, complete=not _cut(rows, max(max_rows, 1)),
                         rights=rights)
 
     async def read_transaction(self, xid: int, after_seq: int, max_rows: int = 1000,
@@ -134,7 +140,7 @@ class ChangeLog:
         statement announced in bulk); and whether that was all of them."""
         rows = await self.pool.fetch(_PAGE_OF_CURRENT, str(xid), after_seq, None, max_rows,
                                      max_bytes)
-        return _changes(rows), not _full(rows, max_rows, max_bytes)
+        return _changes(rows), not _cut(rows, max_rows)
 
 
 def _changes(rows: list[asyncpg.Record]) -> list[Change]:
@@ -142,17 +148,33 @@ def _changes(rows: list[asyncpg.Record]) -> list[Change]:
             for r in rows]
 
 
-def _full(rows: list[asyncpg.Record], max_rows: int, max_bytes: int) -> bool:
+def _cut(rows: list[asyncpg.Record], max_rows: int) -> bool:
     """Whether a page stopped at its bounds (more may follow) rather than at the end."""
-    return len(rows) >= max_rows or sum(len(r["frame"]) for r in rows) >= max_bytes
+    return bool(rows) and (rows[0]["total"] > len(rows) or len(rows) >= max_rows)
 
 
-def _expired(position: Position, horizon: int | None) -> bool:
-    """Whether changes the position does not cover may have been pruned."""
-    if not horizon:
+def _expired(position: Position, snapshot: Snapshot, pruned: int, truncated: int) -> bool:
+    """Whether the log no longer covers what `position` has not seen."""
+    current = position.current
+    if position.xmax > snapshot.xmax or (current is not None and current[0] >= snapshot.xmax):
+        # Transactions this database has not even started: a cursor from another database
+        # (restored, re-created at the same address). Whatever it saw, we cannot replay.
+        return True
+    if truncated and not position.finished(truncated):
+        return True  # TRUNCATE orders: the log cannot say what vanished
+    if not pruned:
         return False
-    pending, xmax = position.uncovered()
-    return xmax <= horizon or bool(pending and pending[0][0] <= horizon)
+    if position.xmax <= pruned:
+        return True
+    running = set(snapshot.xip)
+    for low, high in position.uncovered()[0]:
+        if low > pruned:
+            break
+        # Pruned rows belong to finished transactions: one still running lost nothing.
+        top = min(high, pruned)
+        if top - low + 1 > sum(1 for x in running if low <= x <= top):
+            return True
+    return False
 
 
 async def load_rights(db: asyncpg.Pool | asyncpg.Connection, who: Identities) -> Rights:

@@ -21,7 +21,7 @@ from typing import Protocol
 
 import asyncpg
 
-from db.change import Change
+from db.change import Change, ResyncReason
 from db.changelog import ChangeLog
 from db.position import Position, Snapshot
 from db.rights import Identities, Rights
@@ -37,10 +37,10 @@ YIELD_EVERY = 32
 PAGE_ROWS, PAGE_BYTES = 2000, 4 << 20
 # A failed log read is retried after this long, doubling up to the cap (seconds).
 RETRY_FIRST, RETRY_CAP = 0.05, 5.0
-# Reason for `resync` frames, kept equal to web.frames.ResyncReason (db/ imports no web/).
-TRUNCATED, EXPIRED = "orders truncated", "cursor expired"
 # A notification is (channel, payload); None marks "the listener lost events here".
 Notification = tuple[str, str] | None
+# Queued by the health check when a forged notification moved the position.
+RESET: Notification = ("", "reset")
 DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
 
 
@@ -85,6 +85,7 @@ class Listener:
         self.dropped = 0
         self.reconnects = 0
         self.replays = 0
+        self.forged = 0
 
     @property
     def position(self) -> Position:
@@ -182,10 +183,20 @@ class Listener:
         conn = self._conn
         if conn is None or conn.is_closed():
             return False
+        claimed = self.position
         try:
-            await asyncio.wait_for(conn.fetchval("SELECT 1"), self._health_interval)
+            snapshot = Snapshot.parse(await asyncio.wait_for(
+                conn.fetchval("SELECT pg_current_snapshot()::text"), self._health_interval))
         except DB_ERRORS:
             return False
+        current = claimed.current
+        if claimed.xmax > snapshot.xmax or (current is not None and current[0] >= snapshot.xmax):
+            # Everything published had committed before this snapshot; a position past it
+            # came from a notification no writer sent (anyone who can connect may NOTIFY).
+            self.forged += 1
+            log.error("the stream's position %s is past the database's (%s): a forged"
+                      " notification; resetting", claimed.cursor(), snapshot)
+            self._enqueue(RESET)
         return True
 
     # -- notifications ------------------------------------------------------
@@ -211,7 +222,9 @@ class Listener:
                 await asyncio.sleep(0)  # let the senders run between slices of a burst
             item = await self._queue.get()
             try:
-                if item is None:
+                if item is RESET:
+                    await self._reset()
+                elif item is None:
                     # Read only once LISTENing again: whatever commits after the read's
                     # snapshot is then sure to be heard.
                     await self.listening.wait()
@@ -226,6 +239,19 @@ class Listener:
                 # Whatever failed, a change may be missing: read the log rather than go on.
                 log.exception("could not dispatch notification %r", item)
                 await self._catch_up("dispatch failed")
+
+    async def _reset(self) -> None:
+        """Start again from what the database has committed now; what was skipped since
+        the forged notification is lost, so every session reloads."""
+        while True:
+            try:
+                snapshot = await self._log.snapshot()
+                break
+            except DB_ERRORS as exc:
+                log.warning("reset: no snapshot (%s); retrying", exc)
+                await asyncio.sleep(RETRY_CAP)
+        self._sink.advance(Position().merge(snapshot))
+        self._sink.resync_all(ResyncReason.FORGED)
 
     async def _dispatch(self, channel: str, payload: str) -> None:
         if channel == QUOTES_CHANNEL:
@@ -245,7 +271,7 @@ class Listener:
                         raise _Behind(f"rights could not be read: {exc}") from exc
                     self._sink.apply_rights(who, rights)
         elif payload == "truncate":
-            self._sink.resync_all(TRUNCATED)
+            self._sink.resync_all(ResyncReason.TRUNCATED)
         else:
             await self._order_change(payload)
 
@@ -324,7 +350,7 @@ class Listener:
             if page.expired:
                 log.warning("%s: the change log no longer covers the gap; sending resync",
                             reason)
-                self._sink.resync_all(EXPIRED)
+                self._sink.resync_all(ResyncReason.EXPIRED)
             for index, (change, after) in enumerate(
                     zip(page.changes, page.positions(position), strict=True)):
                 self._sink.publish(change, after)

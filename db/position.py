@@ -65,6 +65,8 @@ class Position:
     xmax: int = 0
     pending: tuple[Range, ...] = ()
     current: tuple[int, int] | None = None
+    # The cursor text, made on first use: a frozen dataclass cannot assign a cache
+    # attribute, and most positions (every change of a bulk read) never print theirs.
     _text: list[str] = field(default_factory=list, compare=False, repr=False)
 
     # -- questions -------------------------------------------------------------------
@@ -89,6 +91,8 @@ class Position:
 
     def includes(self, other: Position) -> bool:
         """Whether everything `other` covers is covered here."""
+        if other.current is not None and not self.covers(*other.current):
+            return False
         return self.union(other) == self
 
     def uncovered(self) -> tuple[list[Range], int]:
@@ -167,7 +171,7 @@ class Position:
             xid = currents[0][0]
             seq = max(c[1] for c in currents if c[0] == xid)
             position = position._with_current((xid, seq))
-        return position
+        return position._bounded()
 
     # -- text ------------------------------------------------------------------------
 
@@ -303,8 +307,3 @@ def _remove(ranges: tuple[Range, ...], xid: int) -> tuple[Range, ...]:
         else:
             out.append((low, high))
     return tuple(out)
-
-
-def with_cursor(frame: str, cursor: str) -> str:
-    """Append the cursor to an event frame from the trigger (a JSON object without one)."""
-    return f'{frame[:-1]}, "cursor" : "{cursor}"}}'

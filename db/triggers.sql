@@ -72,9 +72,15 @@ END
 $$;
 
 -- "<xid> <snapshot> ": the header every notification of this transaction starts with.
+-- With hundreds of transactions running, the snapshot text would crowd out the frame:
+-- then it says only "everything below xmin finished" ("xmin:xmin:"), which is as true.
 CREATE OR REPLACE FUNCTION orderstream_change_header()
 RETURNS text LANGUAGE sql VOLATILE AS $$
-    SELECT pg_current_xact_id() || ' ' || pg_current_snapshot() || ' '
+    SELECT pg_current_xact_id() || ' '
+        || CASE WHEN octet_length(snap::text) <= 1000 THEN snap::text
+           ELSE pg_snapshot_xmin(snap) || ':' || pg_snapshot_xmin(snap) || ':' END
+        || ' '
+    FROM (SELECT pg_current_snapshot() AS snap) s
 $$;
 
 -- Announce one logged change (statements of up to 100 rows), frame included if it fits.
@@ -136,7 +142,8 @@ END
 $$;
 
 -- Transition tables carry no statistics: without this the planner may join old and new
--- rows by nested loop, quadratic in the rows of the statement.
+-- rows by nested loop, quadratic in the rows of the statement. (The owner's name is a
+-- subquery, not a join, so it still uses the users index.)
 CREATE OR REPLACE FUNCTION orderstream_orders_updated()
 RETURNS trigger LANGUAGE plpgsql SET enable_nestloop = off AS $$
 DECLARE
@@ -153,9 +160,9 @@ BEGIN
         SELECT c.seq, (c.o).owner_id, nullif(c.old_owner_id, (c.o).owner_id),
                orderstream_event_frame('update', c.seq, ts, c.o, c.owner_name)
         FROM (SELECT nextval('order_event_seq') AS seq, j.* FROM (
-                SELECT r::orders AS o, u.username AS owner_name, was.owner_id AS old_owner_id
-                FROM new_rows r JOIN old_rows was ON was.id = r.id
-                LEFT JOIN users u ON u.id = r.owner_id) j) c
+                SELECT r::orders AS o, was.owner_id AS old_owner_id,
+                       (SELECT username FROM users WHERE id = r.owner_id) AS owner_name
+                FROM new_rows r JOIN old_rows was ON was.id = r.id) j) c
         RETURNING seq, owner_id, old_owner_id, frame)
     SELECT count(orderstream_announce(n, header, seq, owner_id, old_owner_id, frame))
     INTO n FROM logged;
@@ -221,7 +228,8 @@ CREATE TRIGGER orders_deleted
 CREATE OR REPLACE FUNCTION orderstream_orders_truncated()
 RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    UPDATE order_changes_horizon SET pruned_xid = greatest(pruned_xid, pg_current_xact_id());
+    UPDATE order_changes_horizon
+    SET truncated_xid = greatest(truncated_xid, pg_current_xact_id());
     PERFORM pg_notify('orders', 'truncate');
     RETURN NULL;
 END

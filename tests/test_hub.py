@@ -6,11 +6,11 @@ from __future__ import annotations
 import asyncio
 import json
 
-from db.change import Change
+from db.change import RESYNC_REASONS, Change, ResyncReason
 from db.position import Position, Snapshot
 from db.rights import Rights
 from tests.support.memory_log import MemoryLog
-from web.frames import ALL_OWNERS, RESYNC_REASONS, ResyncReason
+from web.frames import ALL_OWNERS
 from web.hub import Hub
 from web.subscriber import CLOSE, Mode
 
@@ -176,9 +176,8 @@ async def test_a_cursor_the_log_no_longer_covers_gets_resync_then_live():
 
 
 def test_resync_reasons_are_a_fixed_set():
-    assert {"orders truncated", "cursor expired"} == RESYNC_REASONS
-    from db import listener
-    assert {listener.TRUNCATED, listener.EXPIRED} == RESYNC_REASONS
+    assert {"orders truncated", "cursor expired", "forged notification"} == RESYNC_REASONS
+    assert {v for k, v in vars(ResyncReason).items() if k.isupper()} == RESYNC_REASONS
 
 
 async def test_resync_all_reaches_only_order_subscribers():

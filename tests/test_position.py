@@ -7,7 +7,8 @@ import time
 import pytest
 
 from db.change import Change, Page
-from db.position import MAX_PENDING, CursorError, Position, Snapshot, with_cursor
+from db.position import MAX_PENDING, CursorError, Position, Snapshot
+from web.frames import with_cursor
 
 
 def live(p: Position, *events: tuple[int, int, str]) -> Position:
@@ -85,6 +86,19 @@ def test_union_and_includes():
     assert both == Position(120, ((55, 55), (100, 110)))
     assert both.includes(a) and both.includes(b) and not a.includes(b)
     assert Position(10, current=(10, 4)).union(Position(10, current=(10, 6))).current == (10, 6)
+
+
+def test_includes_is_false_when_the_other_position_covers_more():
+    a = Position(10, ((5, 6),), (5, 3))
+    b = Position(10, ((5, 6),), (6, 2))
+    assert b.covers(6, 1) and not a.covers(6, 1)
+    assert not a.includes(b)
+
+
+def test_a_union_still_names_a_cursor_this_server_accepts():
+    a = Position(2000, tuple((i * 30, i * 30 + 20) for i in range(64)))
+    b = Position(2000, tuple((i * 30 + 15, i * 30 + 35) for i in range(64)))
+    Position.parse(a.union(b).cursor())
 
 
 def test_parse_round_trips():

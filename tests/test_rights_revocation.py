@@ -6,11 +6,10 @@ from __future__ import annotations
 import asyncio
 
 import httpx
-import psycopg
 import pytest
 import websockets
 
-from tests.conftest import ServerProcess, insert_order, login, open_socket
+from tests.conftest import insert_order, login, open_socket
 
 
 async def expect_close(ws, code: int) -> str:
@@ -119,46 +118,23 @@ async def test_a_forged_auth_notification_grants_nothing(server, make_user, sql)
         await ws.assert_silent()
 
 
-async def wait_for_lock_waiter(sql, timeout: float = 10) -> None:
-    """Until some backend of this database waits on a row lock."""
-    for _ in range(int(timeout / 0.02)):
-        waiting = sql.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-            " AND wait_event_type = 'Lock'").fetchone()[0]
-        if waiting:
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError("no request ever waited on the lock")
-
-
-async def test_demotion_while_a_resume_reads_the_log(db_url, tmp_path, make_user, sql):
-    """A resume waits for the database (here: the server's only pool connection is held by
-    a request stuck on a row lock); meanwhile the staff user is demoted and more is written.
-    The replay, read after the demotion, must not reach the demoted session."""
-    proc = ServerProcess(db_url, tmp_path, extra_env={"ORDERSTREAM_POOL_MIN_SIZE": "1",
-                                                      "ORDERSTREAM_POOL_MAX_SIZE": "1"})
-    proc.start()
-    try:
-        boss, bob = make_user(staff=True), make_user()
-        async with open_socket(proc, boss) as ws:
-            subscribed = await ws.subscribe_orders(owner="*")
-        locked = insert_order(sql, bob.id, "MISSED")
-        async with (open_socket(proc, boss) as ws,  # authenticated before the pool is stuck
-                    httpx.AsyncClient(base_url=proc.base_url, timeout=30) as client):
-            with psycopg.connect(db_url) as blocker:
-                blocker.execute("SELECT 1 FROM orders WHERE id = %s FOR UPDATE", (locked,))
-                stuck = asyncio.create_task(client.patch(
-                    f"/api/orders/{locked}", headers=boss.auth, json={"price": "5"}))
-                await wait_for_lock_waiter(sql)
-                await ws.send({"op": "subscribe", "channel": "orders", "owner": "*",
-                               "after": subscribed["cursor"]})
-                assert (await ws.recv_type("subscribed"))["owner"] == "*"
-                sql.execute("UPDATE users SET is_staff = false WHERE id = %s", (boss.id,))
-                insert_order(sql, bob.id, "AFTER-DEMOTION")
-                blocker.rollback()  # the stuck request finishes, the pool frees up
-                error = await ws.recv_type("error", timeout=10)
-                assert error["code"] == "forbidden"
-                await ws.assert_silent(0.5)
-                await stuck
-    finally:
-        proc.stop()
+async def test_demotion_just_before_a_resume_lets_no_replayed_event_through(
+        server, make_user, sql):
+    """A staff socket is demoted by SQL and at once resumes "*" from an old cursor: either
+    the subscription is refused (the stream applied the demotion first) or the resume's
+    log read, which re-reads rights in its own snapshot, takes "*" away before any of its
+    changes go out. Bob's order never reaches the demoted session."""
+    boss, bob = make_user(staff=True), make_user()
+    async with open_socket(server, boss) as ws:
+        cursor = (await ws.subscribe_orders(owner="*"))["cursor"]
+    insert_order(sql, bob.id, "MISSED")
+    async with open_socket(server, boss) as ws:  # authenticated as staff
+        sql.execute("UPDATE users SET is_staff = false WHERE id = %s", (boss.id,))
+        await ws.send({"op": "subscribe", "channel": "orders", "owner": "*", "after": cursor})
+        while True:
+            frame = await ws.recv()
+            assert frame["type"] != "order", frame
+            if frame["type"] == "error":
+                break
+        assert frame["code"] == "forbidden"
+        await ws.assert_silent(0.5)

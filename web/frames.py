@@ -12,14 +12,9 @@ ALL_OWNERS: Literal["*"] = "*"
 OwnerKey = int | Literal["*"]
 
 
-class ResyncReason:
-    """Every reason a `resync` frame can give. Only the log's limits make one."""
-
-    TRUNCATED = "orders truncated"  # TRUNCATE orders: the log cannot say what vanished
-    EXPIRED = "cursor expired"  # the position is older than the log's retention
-
-
-RESYNC_REASONS = frozenset({ResyncReason.TRUNCATED, ResyncReason.EXPIRED})
+def with_cursor(frame: str, cursor: str) -> str:
+    """Append the cursor to an event frame from the trigger (a JSON object without one)."""
+    return f'{frame[:-1]}, "cursor" : "{cursor}"}}'
 
 
 def resync_frame(reason: str) -> str:

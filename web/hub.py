@@ -18,10 +18,10 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Protocol
 
-from db.change import Change, Page
-from db.position import Position, with_cursor
+from db.change import Change, Page, ResyncReason
+from db.position import Position
 from db.rights import Identities, Rights
-from web.frames import ALL_OWNERS, OwnerKey, ResyncReason, frame_for, resync_frame
+from web.frames import ALL_OWNERS, OwnerKey, frame_for, resync_frame, with_cursor
 from web.subscriber import Counters, Mode, Subscriber
 
 log = logging.getLogger(__name__)

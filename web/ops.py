@@ -62,6 +62,9 @@ async def metrics(request: Request) -> Response:
             listener.dropped)
     _metric(lines, "orderstream_listener_replays_total", "counter",
             "Times the listener read the change log after a gap.", listener.replays)
+    _metric(lines, "orderstream_forged_notifications_total", "counter",
+            "Times a notification no writer sent moved the stream's position (then reset,"
+            " with resync).", listener.forged)
     return PlainTextResponse("\n".join(lines) + "\n",
                              media_type="text/plain; version=0.0.4; charset=utf-8")
 
