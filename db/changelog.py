@@ -9,11 +9,17 @@ pool, so a blocked API cannot stall the stream and a slow read cannot stall the 
 
 from __future__ import annotations
 
+import asyncio
+import logging
+
 import asyncpg
 
+from db import queries
 from db.change import Change, Page
 from db.position import Position, Snapshot
-from db.rights import Identities, Rights
+from db.rights import Identities, Rights, load_rights
+
+log = logging.getLogger(__name__)
 
 _COLUMNS = "c.seq, c.xid AS x, c.xid::text::bigint AS xid, c.owner_id, c.old_owner_id, c.frame"
 # What a position does not cover, in (xid, seq) order: transactions from xmax on, and the
@@ -177,19 +183,6 @@ def _expired(position: Position, snapshot: Snapshot, pruned: int, truncated: int
     return False
 
 
-async def load_rights(db: asyncpg.Pool | asyncpg.Connection, who: Identities) -> Rights:
-    """Which of these users still exist (and their staff flag), and which of these tokens
-    and browser sessions are still valid."""
-    users = await db.fetch("SELECT id, is_staff FROM users WHERE id = ANY($1::bigint[])",
-                           list(who.users))
-    tokens = await db.fetch("SELECT id FROM api_tokens WHERE id = ANY($1::bigint[])"
-                            " AND revoked_at IS NULL", list(who.tokens))
-    sids = await db.fetch("SELECT sid FROM web_sessions WHERE sid = ANY($1::text[])",
-                          list(who.web_sessions))
-    return Rights(staff={r["id"]: r["is_staff"] for r in users},
-                  tokens={r["id"] for r in tokens}, web_sessions={r["sid"] for r in sids})
-
-
 async def prune(pool: asyncpg.Pool, older_than_seconds: float) -> int:
     """Delete change-log rows past retention (one process at a time); returns how many."""
     async with pool.acquire() as conn, conn.transaction():
@@ -207,3 +200,18 @@ async def prune(pool: asyncpg.Pool, older_than_seconds: float) -> int:
                 " SET pruned_xid = greatest(pruned_xid, $1::text::xid8)",
                 row["newest"])
         return row["n"]
+
+
+async def upkeep(pool: asyncpg.Pool, retention_seconds: float, web_session_seconds: float,
+                 every_seconds: float = 60.0) -> None:
+    """Keep the change log within its retention window (and expired browser sessions out),
+    for as long as the server runs."""
+    while True:
+        try:
+            pruned = await prune(pool, retention_seconds)
+            if pruned:
+                log.info("pruned %d change-log rows", pruned)
+            await queries.prune_web_sessions(pool, web_session_seconds)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning("pruning the change log failed: %s", exc)
+        await asyncio.sleep(every_seconds)

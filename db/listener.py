@@ -1,13 +1,12 @@
-"""The one LISTEN connection per server process, and the pump that feeds the hub.
+"""The pump that feeds the hub: the stream's own consumer, with a position like any other.
 
-The notification callback is synchronous and tiny: it puts the raw payload on a bounded
-queue and returns. The pump takes payloads in arrival order (commit order) and publishes
-each change with the stream's position after it. The listener is a consumer with a
-position like any other: when it is current it takes changes from the notifications (the
-fast lane); when it falls behind (a lost connection, its own queue overflowing, a
-statement announced in bulk, an oversized frame it could not read) it reads the change
-log from its position, on connections of its own, and then carries on with the
-notifications, skipping those its position already covers.
+It takes notifications from the one LISTEN connection of the process (db/notifications.py)
+in arrival order (commit order) and publishes each change with the stream's position
+after it. When it is current it takes changes from the notifications (the fast lane);
+when it falls behind (a lost connection, its queue overflowing, a statement announced in
+bulk, an oversized frame it could not read) it reads the change log from its position,
+on connections of its own, and then carries on with the notifications, skipping those its
+position already covers.
 """
 
 from __future__ import annotations
@@ -19,10 +18,9 @@ import logging
 import time
 from typing import Protocol
 
-import asyncpg
-
 from db.change import Change, ResyncReason
 from db.changelog import ChangeLog
+from db.notifications import DB_ERRORS, Notification, Notifications
 from db.position import Position, Snapshot
 from db.rights import Identities, Rights
 
@@ -37,11 +35,8 @@ YIELD_EVERY = 32
 PAGE_ROWS, PAGE_BYTES = 2000, 4 << 20
 # A failed log read is retried after this long, doubling up to the cap (seconds).
 RETRY_FIRST, RETRY_CAP = 0.05, 5.0
-# A notification is (channel, payload); None marks "the listener lost events here".
-Notification = tuple[str, str] | None
-# Queued by the health check when a forged notification moved the position.
+# Queued when a forged notification moved the position.
 RESET: Notification = ("", "reset")
-DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
 
 
 class Sink(Protocol):
@@ -65,25 +60,20 @@ class _Behind(Exception):
 
 
 class Listener:
-    """Keeps one dedicated connection LISTENing on the orders, quotes and auth channels."""
+    """Feeds `sink` every order change, quote and rights change, in commit order."""
 
     def __init__(self, url: str, sink: Sink, queue_size: int = 20000,
                  health_interval: float = 1.0, max_backoff: float = 5.0,
                  log_statement_timeout_ms: int = 10_000) -> None:
-        self._url = url
         self._sink = sink
+        self._notifications = Notifications(
+            url, (ORDERS_CHANNEL, QUOTES_CHANNEL, AUTH_CHANNEL), queue_size, health_interval,
+            max_backoff)
         # Its own reads (oversized frames, rights, catch-up), never the API's pool.
         self._log = ChangeLog(url, max_connections=1, statement_timeout_ms=log_statement_timeout_ms,
                               name="orderstream-listener-log")
-        self._queue: asyncio.Queue[Notification] = asyncio.Queue(maxsize=queue_size)
         self._health_interval = health_interval
-        self._max_backoff = max_backoff
-        self._conn: asyncpg.Connection | None = None
-        self._lost = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        self.listening = asyncio.Event()
-        self.dropped = 0
-        self.reconnects = 0
         self.replays = 0
         self.forged = 0
 
@@ -91,19 +81,32 @@ class Listener:
     def position(self) -> Position:
         return self._sink.position
 
+    @property
+    def listening(self) -> asyncio.Event:
+        return self._notifications.listening
+
+    @property
+    def reconnects(self) -> int:
+        return self._notifications.reconnects
+
+    @property
+    def dropped(self) -> int:
+        return self._notifications.dropped
+
     async def start(self, timeout: float = 30.0) -> None:
         """Connect and LISTEN; returns once listening (raises if that fails within `timeout`)."""
         await asyncio.wait_for(self._log.open(), timeout)
         try:
-            await asyncio.wait_for(self._connect(), timeout)
+            await asyncio.wait_for(self._notifications.start(), timeout)
             # Everything committed before LISTEN took effect counts as delivered.
             self._sink.advance(Position().merge(await self._log.snapshot()))
         except BaseException:
+            await self._notifications.close()
             await self._log.close()
             raise
         self._tasks = [
             asyncio.create_task(self._pump(), name="listener-pump"),
-            asyncio.create_task(self._supervise(), name="listener-supervisor"),
+            asyncio.create_task(self._watch_position(), name="listener-position-check"),
         ]
 
     async def close(self) -> None:
@@ -113,7 +116,7 @@ class Listener:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
-        await self._disconnect()
+        await self._notifications.close()
         await self._log.close()
 
     async def wait_listening(self, timeout: float) -> bool:
@@ -123,96 +126,24 @@ class Listener:
             return False
         return True
 
-    # -- connection ---------------------------------------------------------
-
-    async def _connect(self) -> None:
-        conn = await asyncpg.connect(
-            self._url, server_settings={"application_name": "orderstream-listener"})
-        conn.add_termination_listener(self._on_terminated)
-        for channel in (ORDERS_CHANNEL, QUOTES_CHANNEL, AUTH_CHANNEL):
-            await conn.add_listener(channel, self._on_notification)
-        self._conn = conn
-        self._lost.clear()
-        self.listening.set()
-        log.info("listening on %r, %r and %r (backend pid %s)", ORDERS_CHANNEL, QUOTES_CHANNEL,
-                 AUTH_CHANNEL, conn.get_server_pid())
-
-    async def _disconnect(self) -> None:
-        conn, self._conn = self._conn, None
-        self.listening.clear()
-        if conn is not None and not conn.is_closed():
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(conn.close(), 2)
-            if not conn.is_closed():
-                conn.terminate()
-
-    def _on_terminated(self, conn: asyncpg.Connection) -> None:
-        if conn is self._conn:
-            self._mark_lost("connection terminated")
-
-    def _mark_lost(self, why: str) -> None:
-        if not self._lost.is_set():
-            log.warning("listener lost: %s", why)
-            self.listening.clear()
-            self._lost.set()
-            # The gap starts here, before anything the next connection hears.
-            self._enqueue(None)
-
-    async def _supervise(self) -> None:
-        """Detect a dead connection (termination callback or failed health query) and reconnect."""
+    async def _watch_position(self) -> None:
+        """Anyone who can connect may NOTIFY: a payload naming a transaction the database
+        has not started would move the position past real changes. Everything published had
+        committed before a snapshot taken afterwards, so a position past it was forged."""
         while True:
+            await asyncio.sleep(self._health_interval)
+            claimed = self.position
             try:
-                await asyncio.wait_for(self._lost.wait(), self._health_interval)
-            except TimeoutError:
-                if not await self._healthy():
-                    self._mark_lost("health query failed")
+                snapshot = await self._log.snapshot()
+            except DB_ERRORS:
                 continue
-            await self._disconnect()
-            delay = 0.05
-            while True:
-                try:
-                    await self._connect()
-                    break
-                except DB_ERRORS as exc:
-                    log.warning("listener reconnect failed (%s); retrying in %.2fs", exc, delay)
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, self._max_backoff)
-            self.reconnects += 1
-
-    async def _healthy(self) -> bool:
-        conn = self._conn
-        if conn is None or conn.is_closed():
-            return False
-        claimed = self.position
-        try:
-            snapshot = Snapshot.parse(await asyncio.wait_for(
-                conn.fetchval("SELECT pg_current_snapshot()::text"), self._health_interval))
-        except DB_ERRORS:
-            return False
-        current = claimed.current
-        if claimed.xmax > snapshot.xmax or (current is not None and current[0] >= snapshot.xmax):
-            # Everything published had committed before this snapshot; a position past it
-            # came from a notification no writer sent (anyone who can connect may NOTIFY).
-            self.forged += 1
-            log.error("the stream's position %s is past the database's (%s): a forged"
-                      " notification; resetting", claimed.cursor(), snapshot)
-            self._enqueue(RESET)
-        return True
-
-    # -- notifications ------------------------------------------------------
-
-    def _on_notification(self, conn: object, pid: int, channel: str, payload: str) -> None:
-        self._enqueue((channel, payload))
-
-    def _enqueue(self, item: Notification) -> None:
-        try:
-            self._queue.put_nowait(item)
-        except asyncio.QueueFull:
-            # The pump fell behind: drop what is queued and read it all from the log.
-            self.dropped += self._queue.qsize() + (item is not None)
-            while not self._queue.empty():
-                self._queue.get_nowait()
-            self._queue.put_nowait(None)
+            current = claimed.current
+            if claimed.xmax > snapshot.xmax or (current is not None
+                                                and current[0] >= snapshot.xmax):
+                self.forged += 1
+                log.error("the stream's position %s is past the database's (%s): a forged"
+                          " notification; resetting", claimed.cursor(), snapshot)
+                self._notifications.put(RESET)
 
     async def _pump(self) -> None:
         handled = 0
@@ -220,7 +151,7 @@ class Listener:
             handled += 1
             if handled % YIELD_EVERY == 0:
                 await asyncio.sleep(0)  # let the senders run between slices of a burst
-            item = await self._queue.get()
+            item = await self._notifications.get()
             try:
                 if item is RESET:
                     await self._reset()

@@ -23,8 +23,7 @@ from starlette_login.login_manager import LoginManager
 from starlette_login.middleware import AuthenticationMiddleware
 
 import config
-from db import changelog, queries
-from db.changelog import ChangeLog
+from db.changelog import ChangeLog, upkeep
 from db.listener import Listener
 from db.pool import ApiPool, PoolBusy, create_pool
 from web import api, openapi, ops, pages, users_api, ws
@@ -92,22 +91,10 @@ class Sessions:
         await (self.secure if https else self.plain)(scope, receive, send)
 
 
-async def _prune_forever(pool: asyncpg.Pool, retention_seconds: float,
-                         every_seconds: float = 60.0) -> None:
-    """Keep the change log within its retention window."""
-    while True:
-        try:
-            pruned = await changelog.prune(pool, retention_seconds)
-            if pruned:
-                log.info("pruned %d change-log rows", pruned)
-            await queries.prune_web_sessions(pool, SESSION_MAX_AGE)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            log.warning("pruning the change log failed: %s", exc)
-        await asyncio.sleep(every_seconds)
-
-
 class State(TypedDict):
-    """What the lifespan shares with every request (as request.state.<name>)."""
+    """What the lifespan shares with every request (as request.state.<name>). A TypedDict,
+    as in Starlette's docs: Starlette copies the lifespan's mapping into each request's
+    scope, so a frozen object would have to be unpacked there anyway."""
 
     settings: config.Settings
     pool: ApiPool
@@ -142,7 +129,8 @@ def create_app(settings: config.Settings, database_url: str) -> Starlette:
             stack.push_async_callback(listener.close)
             stack.callback(close_sockets_on_signal(hub))
             pruner = asyncio.create_task(
-                _prune_forever(pool, settings.change_log_retention_hours * 3600), name="pruner")
+                upkeep(pool, settings.change_log_retention_hours * 3600, SESSION_MAX_AGE),
+                name="upkeep")
             stack.callback(pruner.cancel)
             yield State(
                 settings=settings,

@@ -18,18 +18,15 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Protocol
 
-from db.change import Change, Page, ResyncReason
+from db.change import Change, Page
 from db.position import Position
 from db.rights import Identities, Rights
+from web.catch_up import catch_up
 from web.frames import ALL_OWNERS, OwnerKey, frame_for, resync_frame, with_cursor
 from web.subscriber import Counters, Mode, Subscriber
 
 log = logging.getLogger(__name__)
 
-# Rows per catch-up page (bytes: half the subscriber's budget).
-PAGE_ROWS = 1000
-# A failed catch-up read is retried after this long, doubling up to the cap (seconds).
-RETRY_FIRST, RETRY_CAP = 0.1, 5.0
 
 
 class LogReader(Protocol):
@@ -176,72 +173,8 @@ class Hub:
         sub.stop_catch_up()
         sub.mode, sub.position = Mode.BEHIND, position
         self.counters.catch_ups += 1
-        sub.catch_up = asyncio.create_task(self._catch_up(sub, sub.generation),
+        sub.catch_up = asyncio.create_task(catch_up(self, sub, sub.generation),
                                            name=f"catch-up-{sub.user_id}")
-
-    async def _catch_up(self, sub: Subscriber, generation: int) -> None:
-        """Read the log from the subscriber's position as its socket drains; rejoin the live
-        stream once a read found nothing more (held events fill the read's window)."""
-        retry = RETRY_FIRST
-        key = sub.orders_key
-        assert key is not None
-        owner = None if key == ALL_OWNERS else key
-        while True:
-            await sub.queue.wait_room()
-            if sub.generation != generation or sub.closing:
-                return
-            start = sub.position
-            assert start is not None
-            sub.held, sub.held_bytes = [], 0
-            try:
-                page = await self.log_reader.read(start, owner, self.identities_of(sub),
-                                                  PAGE_ROWS, max(1, self.queue_bytes // 2))
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # the database is away: keep the position, try again
-                log.warning("catch-up read for user %s failed (%s); retrying in %.1fs",
-                            sub.user_id, exc, retry)
-                sub.held = None
-                await asyncio.sleep(retry)
-                retry = min(retry * 2, RETRY_CAP)
-                continue
-            retry = RETRY_FIRST
-            self.counters.log_reads += 1
-            if sub.generation != generation or sub.closing:
-                return
-            if page.rights is not None:
-                self.narrow(sub, page.rights)
-                if sub.generation != generation or sub.closing:
-                    return
-            if page.expired:
-                self.counters.resyncs_sent += 1
-                sub.queue.put(resync_frame(ResyncReason.EXPIRED))
-            for change, position in zip(page.changes, page.positions(start), strict=True):
-                shaped = frame_for(key, change, with_cursor(change.frame, position.cursor()))
-                if shaped is not None:
-                    sub.queue.put(shaped, event=True)
-            sub.position = page.end(start)
-            if page.complete and sub.held is not None:
-                self._rejoin(sub)
-                return
-            sub.held = None
-
-    def _rejoin(self, sub: Subscriber) -> None:
-        """After a read that found nothing more: queue the live events published since it
-        began that it did not cover, and take live events again."""
-        held, sub.held = sub.held or [], None
-        position = sub.position
-        assert position is not None
-        for xid, seq, frame in held:
-            if not position.covers(xid, seq):
-                sub.queue.put(frame, event=True)
-        sub.catch_up = None
-        # Everything the hub published is now queued: either read, or held.
-        merged = position.union(self.position)
-        if self.position.includes(merged):
-            sub.mode, sub.position = Mode.CURRENT, None
-        else:
-            sub.mode, sub.position = Mode.AHEAD, merged
 
     def publish_quote(self, instrument: str, frame: str) -> None:
         self.counters.quotes_received += 1

@@ -1,0 +1,146 @@
+"""One LISTEN connection that never loses track of what it may have missed.
+
+The notification callback is synchronous and tiny: it puts the raw payload on a bounded
+queue and returns. When the connection is lost (termination callback, or a failed health
+query) it is re-established with capped exponential backoff and LISTENs again; a gap
+marker (None) is queued at the moment of loss, and another when the queue overflows (the
+queued notifications are then dropped): whoever reads the queue fills gaps from the log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import asyncpg
+
+log = logging.getLogger(__name__)
+
+# A notification is (channel, payload); None marks "notifications may be missing here".
+Notification = tuple[str, str] | None
+# What a dying connection can make asyncpg raise. InternalClientError comes when the
+# backend's last message arrived but its close had not yet ("another operation is in
+# progress"): neither a PostgresError nor an InterfaceError.
+DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError,
+             asyncpg.InternalClientError, TimeoutError)
+
+
+class Notifications:
+    """LISTEN on `channels` over a dedicated connection; read them with get()."""
+
+    def __init__(self, url: str, channels: tuple[str, ...], queue_size: int = 20000,
+                 health_interval: float = 1.0, max_backoff: float = 5.0,
+                 application_name: str = "orderstream-listener") -> None:
+        self._url = url
+        self._channels = channels
+        self._queue: asyncio.Queue[Notification] = asyncio.Queue(maxsize=queue_size)
+        self._health_interval = health_interval
+        self._max_backoff = max_backoff
+        self._application_name = application_name
+        self._conn: asyncpg.Connection | None = None
+        self._lost = asyncio.Event()
+        self._supervisor: asyncio.Task[None] | None = None
+        self.listening = asyncio.Event()
+        self.dropped = 0
+        self.reconnects = 0
+
+    async def start(self) -> None:
+        await self._connect()
+        self._supervisor = asyncio.create_task(self._supervise(), name="listener-supervisor")
+
+    async def close(self) -> None:
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._supervisor
+            self._supervisor = None
+        await self._disconnect()
+
+    async def get(self) -> Notification:
+        return await self._queue.get()
+
+    def put(self, item: Notification) -> None:
+        """Queue an item of the reader's own behind what has arrived (or a gap marker)."""
+        try:
+            self._queue.put_nowait(item)
+        except asyncio.QueueFull:
+            # The reader fell behind: drop what is queued; it reads all of it from the log.
+            self.dropped += self._queue.qsize() + (item is not None)
+            while not self._queue.empty():
+                self._queue.get_nowait()
+            self._queue.put_nowait(None)
+
+    # -- the connection -------------------------------------------------------------
+
+    async def _connect(self) -> None:
+        conn = await asyncpg.connect(
+            self._url, server_settings={"application_name": self._application_name})
+        try:
+            conn.add_termination_listener(self._on_terminated)
+            for channel in self._channels:
+                await conn.add_listener(channel, self._on_notification)
+        except BaseException:
+            conn.terminate()
+            raise
+        self._conn = conn
+        self._lost.clear()
+        self.listening.set()
+        log.info("listening on %s (backend pid %s)", ", ".join(map(repr, self._channels)),
+                 conn.get_server_pid())
+
+    async def _disconnect(self) -> None:
+        conn, self._conn = self._conn, None
+        self.listening.clear()
+        if conn is not None and not conn.is_closed():
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(conn.close(), 2)
+            if not conn.is_closed():
+                conn.terminate()
+
+    def _on_terminated(self, conn: asyncpg.Connection) -> None:
+        if conn is self._conn:
+            self._mark_lost("connection terminated")
+
+    def _on_notification(self, conn: object, pid: int, channel: str, payload: str) -> None:
+        self.put((channel, payload))
+
+    def _mark_lost(self, why: str) -> None:
+        if not self._lost.is_set():
+            log.warning("listener lost: %s", why)
+            self.listening.clear()
+            self._lost.set()
+            # The gap starts here, before anything the next connection hears.
+            self.put(None)
+
+    async def _supervise(self) -> None:
+        """Detect a dead connection (termination callback or failed health query) and
+        reconnect. Whatever a dying connection raises, this task must not end."""
+        while True:
+            try:
+                await asyncio.wait_for(self._lost.wait(), self._health_interval)
+            except TimeoutError:
+                if not await self._healthy():
+                    self._mark_lost("health query failed")
+                continue
+            await self._disconnect()
+            delay = 0.05
+            while True:
+                try:
+                    await self._connect()
+                    break
+                except DB_ERRORS as exc:
+                    log.warning("listener reconnect failed (%s); retrying in %.2fs", exc, delay)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, self._max_backoff)
+            self.reconnects += 1
+
+    async def _healthy(self) -> bool:
+        conn = self._conn
+        if conn is None or conn.is_closed():
+            return False
+        try:
+            await asyncio.wait_for(conn.fetchval("SELECT 1"), self._health_interval)
+        except DB_ERRORS:
+            return False
+        return True

@@ -1,0 +1,43 @@
+"""A database of a test module's own, and users in it.
+
+For tests that terminate "the LISTEN backend of this database": on the run's shared database
+that would also hit the listener of every other server started on it (the shared `server`
+fixture's included), so such tests get a database, and a server, of their own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+from collections.abc import Iterator
+
+import psycopg
+
+from cli.users import create_token, create_user
+from db.embedded import database_url
+from db.migrate import migrate
+from tests.conftest import FAST_PASSWORDS, User
+
+
+@contextlib.contextmanager
+def own_database(server_url: str, prefix: str) -> Iterator[str]:
+    """A new, migrated database on the tests' PostgreSQL server; dropped afterwards."""
+    name = f"orderstream_{prefix}_{os.getpid()}_{secrets.token_hex(3)}"
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = database_url(server_url, name)
+    try:
+        migrate(url)
+        yield url
+    finally:
+        with psycopg.connect(server_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def new_user(url: str, staff: bool = False, prefix: str = "user") -> User:
+    """A user of the database at `url`, with a password and an API token (as `make_user`)."""
+    username = f"{prefix}_{secrets.token_hex(4)}"
+    password = secrets.token_urlsafe(12)
+    user_id = create_user(url, FAST_PASSWORDS, username, password, staff)
+    return User(user_id, username, password, create_token(url, username), staff)
