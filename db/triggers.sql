@@ -83,44 +83,35 @@ RETURNS text LANGUAGE sql VOLATILE AS $$
     FROM (SELECT pg_current_snapshot() AS snap) s
 $$;
 
--- Announce one logged change (statements of up to 100 rows), frame included if it fits.
--- The triggers number changes (nextval) in the order they are inserted and returned, so
--- one transaction's notifications arrive in seq order.
-CREATE OR REPLACE FUNCTION orderstream_announce(rows_in_statement bigint, header text,
-                                                seq bigint, owner_id bigint,
+-- Announce one logged change, frame included if the notification stays under NOTIFY's
+-- 8000 bytes (seq and owner ids add at most 61 bytes to header and frame). The triggers
+-- number changes (nextval) in the order they are inserted and returned, so one
+-- transaction's notifications arrive in seq order. Plain SQL, so the planner inlines it:
+-- a PL/pgSQL call per row cost writers more than the notification itself.
+CREATE OR REPLACE FUNCTION orderstream_announce(header text, seq bigint, owner_id bigint,
                                                 old_owner_id bigint, frame text)
-RETURNS void LANGUAGE plpgsql AS $$
-DECLARE
-    line text;
-BEGIN
-    IF rows_in_statement > 100 THEN
-        RETURN;
-    END IF;
-    line := seq || ' ' || header || owner_id || ' ' || coalesce(old_owner_id::text, '-') || ' ';
-    IF octet_length(line) + octet_length(frame) < 8000 THEN
-        PERFORM pg_notify('orders', line || frame);
-    ELSE
-        PERFORM pg_notify('orders', line);
-    END IF;
-END
+RETURNS void LANGUAGE sql VOLATILE AS $$
+    SELECT pg_notify('orders',
+        seq || ' ' || header || owner_id || ' ' || coalesce(old_owner_id::text, '-') || ' '
+        || CASE WHEN octet_length(header) + octet_length(frame) < 7900 THEN frame ELSE '' END)
 $$;
 
--- A statement too big for one notification per change: one for all of them.
-CREATE OR REPLACE FUNCTION orderstream_announce_bulk(rows_in_statement bigint, header text)
-RETURNS void LANGUAGE plpgsql AS $$
-BEGIN
-    IF rows_in_statement > 100 THEN
-        PERFORM pg_notify('orders', currval('order_event_seq') || ' ' || header || 'bulk');
-    END IF;
-END
+-- A statement of more than 100 rows: one notification for all of them.
+CREATE OR REPLACE FUNCTION orderstream_announce_bulk(header text)
+RETURNS void LANGUAGE sql VOLATILE AS $$
+    SELECT pg_notify('orders', currval('order_event_seq') || ' ' || header || 'bulk')
 $$;
+
+DROP FUNCTION IF EXISTS orderstream_announce(bigint, text, bigint, bigint, bigint, text);
+DROP FUNCTION IF EXISTS orderstream_announce_bulk(bigint, text);
 
 CREATE OR REPLACE FUNCTION orderstream_orders_inserted()
 RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
-    n      bigint;
-    header text := orderstream_change_header();
-    ts     numeric := orderstream_now_ms();
+    n         bigint;
+    announced bigint;
+    header    text := orderstream_change_header();
+    ts        numeric := orderstream_now_ms();
 BEGIN
     SELECT count(*) INTO n FROM new_rows;
     IF n = 0 THEN
@@ -134,9 +125,11 @@ BEGIN
                 SELECT r::orders AS o, u.username AS owner_name
                 FROM new_rows r LEFT JOIN users u ON u.id = r.owner_id) j) c
         RETURNING seq, owner_id, old_owner_id, frame)
-    SELECT count(orderstream_announce(n, header, seq, owner_id, old_owner_id, frame))
-    INTO n FROM logged;
-    PERFORM orderstream_announce_bulk(n, header);
+    SELECT count(orderstream_announce(header, seq, owner_id, old_owner_id, frame))
+    INTO announced FROM logged WHERE n <= 100;
+    IF n > 100 THEN
+        PERFORM orderstream_announce_bulk(header);
+    END IF;
     RETURN NULL;
 END
 $$;
@@ -147,9 +140,10 @@ $$;
 CREATE OR REPLACE FUNCTION orderstream_orders_updated()
 RETURNS trigger LANGUAGE plpgsql SET enable_nestloop = off AS $$
 DECLARE
-    n      bigint;
-    header text := orderstream_change_header();
-    ts     numeric := orderstream_now_ms();
+    n         bigint;
+    announced bigint;
+    header    text := orderstream_change_header();
+    ts        numeric := orderstream_now_ms();
 BEGIN
     SELECT count(*) INTO n FROM new_rows;
     IF n = 0 THEN
@@ -164,9 +158,11 @@ BEGIN
                        (SELECT username FROM users WHERE id = r.owner_id) AS owner_name
                 FROM new_rows r JOIN old_rows was ON was.id = r.id) j) c
         RETURNING seq, owner_id, old_owner_id, frame)
-    SELECT count(orderstream_announce(n, header, seq, owner_id, old_owner_id, frame))
-    INTO n FROM logged;
-    PERFORM orderstream_announce_bulk(n, header);
+    SELECT count(orderstream_announce(header, seq, owner_id, old_owner_id, frame))
+    INTO announced FROM logged WHERE n <= 100;
+    IF n > 100 THEN
+        PERFORM orderstream_announce_bulk(header);
+    END IF;
     RETURN NULL;
 END
 $$;
@@ -175,9 +171,10 @@ $$;
 CREATE OR REPLACE FUNCTION orderstream_orders_deleted()
 RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
-    n      bigint;
-    header text := orderstream_change_header();
-    ts     numeric := orderstream_now_ms();
+    n         bigint;
+    announced bigint;
+    header    text := orderstream_change_header();
+    ts        numeric := orderstream_now_ms();
 BEGIN
     SELECT count(*) INTO n FROM old_rows;
     IF n = 0 THEN
@@ -191,9 +188,11 @@ BEGIN
                 SELECT r::orders AS o, u.username AS owner_name
                 FROM old_rows r LEFT JOIN users u ON u.id = r.owner_id) j) c
         RETURNING seq, owner_id, old_owner_id, frame)
-    SELECT count(orderstream_announce(n, header, seq, owner_id, old_owner_id, frame))
-    INTO n FROM logged;
-    PERFORM orderstream_announce_bulk(n, header);
+    SELECT count(orderstream_announce(header, seq, owner_id, old_owner_id, frame))
+    INTO announced FROM logged WHERE n <= 100;
+    IF n > 100 THEN
+        PERFORM orderstream_announce_bulk(header);
+    END IF;
     RETURN NULL;
 END
 $$;
