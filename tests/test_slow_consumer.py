@@ -5,10 +5,7 @@ stays bounded, and other clients keep their pace."""
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
-import os
-import socket
 import time
 
 import psutil
@@ -16,6 +13,7 @@ import pytest
 import websockets
 
 from tests.conftest import ServerProcess, metrics
+from tests.support.raw_ws import RawClient
 
 pytestmark = pytest.mark.slow
 
@@ -25,23 +23,11 @@ RSS_GROWTH_BOUND_MB = 100
 
 
 
-def stuck_client(server: ServerProcess, token: str) -> socket.socket:
-    """A raw WebSocket client that subscribes and then never reads: a tiny receive buffer,
-    so the server's writes back up at once (a library client would keep buffering)."""
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.connect(("127.0.0.1", server.port))
-    key = base64.b64encode(os.urandom(16)).decode()
-    sock.sendall(
-        f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nUpgrade: websocket\r\n"
-        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
-        f"Authorization: Bearer {token}\r\n\r\n".encode())
-    assert b" 101 " in sock.recv(1024)
-    payload = json.dumps({"op": "subscribe", "channel": "orders"}).encode()
-    mask = os.urandom(4)
-    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-    sock.sendall(bytes([0x81, 0x80 | len(payload)]) + mask + masked)
-    return sock
+def stuck_client(server: ServerProcess, token: str) -> RawClient:
+    """A client that subscribes and then never reads."""
+    client = RawClient(server, token)
+    client.send_json({"op": "subscribe", "channel": "orders"})
+    return client
 
 
 async def flood(sql, owner_id: int) -> None:
