@@ -4,6 +4,7 @@ them as one read of the log returns it: plain data, shared by db/ and the hub.""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from db.position import Position, Snapshot
 from db.rights import Rights
@@ -20,8 +21,10 @@ class ResyncReason:
 RESYNC_REASONS = frozenset({ResyncReason.TRUNCATED, ResyncReason.EXPIRED, ResyncReason.FORGED})
 
 
-@dataclass(frozen=True, slots=True)
-class Change:
+class Change(NamedTuple):
+    """(A NamedTuple: the listener makes one per change read, and a tuple is the cheapest
+    immutable record Python has.)"""
+
     seq: int
     xid: int
     owner_id: int

@@ -25,7 +25,7 @@ The cursor is the position as text: "p<xmax>[~<low>-<high>,<xid>...][;<xid>.<seq
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 # A cursor names at most this many pending ranges; past it the position forgets everything
 # from the first range it cannot name (a resume from it may repeat events, never lose one).
@@ -60,14 +60,31 @@ class Snapshot:
         return Snapshot(self.xmax, tuple(sorted((*self.xip, xid))))
 
 
-@dataclass(frozen=True, slots=True)
 class Position:
-    xmax: int = 0
-    pending: tuple[Range, ...] = ()
-    current: tuple[int, int] | None = None
-    # The cursor text, made on first use: a frozen dataclass cannot assign a cache
-    # attribute, and most positions (every change of a bulk read) never print theirs.
-    _text: list[str] = field(default_factory=list, compare=False, repr=False)
+    """Immutable by convention: every step returns a new one. A plain class with slots,
+    not a frozen dataclass: the listener makes one per change, and a frozen dataclass's
+    __init__ (object.__setattr__ per field) was a fifth of its time (py-spy)."""
+
+    __slots__ = ("_text", "current", "pending", "xmax")
+
+    def __init__(self, xmax: int = 0, pending: tuple[Range, ...] = (),
+                 current: tuple[int, int] | None = None) -> None:
+        self.xmax = xmax
+        self.pending = pending
+        self.current = current
+        self._text: str | None = None  # the cursor, made on first use
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Position):
+            return NotImplemented
+        return (self.xmax, self.pending, self.current) == (other.xmax, other.pending,
+                                                           other.current)
+
+    def __hash__(self) -> int:
+        return hash((self.xmax, self.pending, self.current))
+
+    def __repr__(self) -> str:
+        return f"Position(xmax={self.xmax}, pending={self.pending}, current={self.current})"
 
     # -- questions -------------------------------------------------------------------
 
@@ -176,9 +193,9 @@ class Position:
     # -- text ------------------------------------------------------------------------
 
     def cursor(self) -> str:
-        if not self._text:
-            self._text.append(self._encode())
-        return self._text[0]
+        if self._text is None:
+            self._text = self._encode()
+        return self._text
 
     def _encode(self) -> str:
         text = f"p{self.xmax}"
