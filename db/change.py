@@ -55,12 +55,12 @@ class Page:
         return out
 
     def end(self, start: Position) -> Position:
-        """The position once the whole page is delivered."""
+        """The position once the whole page is delivered. (From its last change alone:
+        a read in (xid, seq) order covers every visible change below it.)"""
         position = start
         if self.changes:
-            position = self.positions(start)[-1]
+            last = self.changes[-1]
+            position = start.after_read(last.xid, last.seq, self.snapshot)
         if self.complete or self.expired:
-            if position.current is not None:
-                position = position.finish(position.current[0])
             position = position.merge(self.snapshot)
         return position

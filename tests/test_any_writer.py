@@ -3,16 +3,13 @@ socket, and only the sockets allowed to see it."""
 
 from __future__ import annotations
 
-import secrets
 from decimal import Decimal
 
 import psycopg
 import pytest
 
-from cli.users import create_token, create_user
-from db.embedded import database_url
-from db.migrate import migrate
-from tests.conftest import FAST_PASSWORDS, ServerProcess, User, insert_order, open_socket
+from tests.conftest import ServerProcess, insert_order, open_socket
+from tests.support.database import new_user, own_database
 
 
 async def test_sql_insert_update_delete_reach_the_owner(server, make_user, sql):
@@ -70,6 +67,64 @@ async def test_rolled_back_write_announces_nothing(server, make_user, db_url):
             insert_order(conn, alice.id, "AFTER")
         event = await ws.recv_type("order")
         assert event["order"]["instrument"] == "AFTER"
+
+
+async def test_rolled_back_statements_of_every_size_announce_nothing(server, make_user,
+                                                                      db_url):
+    """The triggers take three paths (one row, a few rows, more than 100 rows announced in
+    bulk); a rollback silences all three."""
+    alice = make_user()
+    async with open_socket(server, alice) as ws:
+        await ws.subscribe_orders()
+        with psycopg.connect(db_url) as conn:
+            for rows in (1, 5, 150):
+                conn.execute("INSERT INTO orders (owner_id, instrument, quantity, price)"
+                             " SELECT %s, 'ROLLBACK', 1, g FROM generate_series(1, %s) g",
+                             (alice.id, rows))
+            conn.execute("UPDATE orders SET price = 0 WHERE owner_id = %s", (alice.id,))
+            conn.rollback()
+        with psycopg.connect(db_url, autocommit=True) as conn:
+            insert_order(conn, alice.id, "AFTER")
+        event = await ws.recv_type("order")  # the first event is the committed one
+        assert event["order"]["instrument"] == "AFTER"
+        await ws.assert_silent(0.5)
+
+
+async def test_multi_row_statements_reach_only_their_owners(server, make_user, sql):
+    """Statements of a few rows (the set-based path): a mixed-owner INSERT, a move of two
+    orders in one UPDATE, a DELETE of several; each socket sees exactly its own."""
+    alice, bob = make_user(), make_user()
+    async with open_socket(server, alice) as a_ws, open_socket(server, bob) as b_ws:
+        await a_ws.subscribe_orders()
+        await b_ws.subscribe_orders()
+        rows = sql.execute(
+            "INSERT INTO orders (owner_id, instrument, quantity, price)"
+            " VALUES (%s, 'A1', 1, 1), (%s, 'B1', 1, 1), (%s, 'A2', 1, 1), (%s, 'A3', 1, 1),"
+            " (%s, 'B2', 1, 1) RETURNING id, owner_id",
+            (alice.id, bob.id, alice.id, alice.id, bob.id)).fetchall()
+        alices = sorted(i for i, owner in rows if owner == alice.id)
+        bobs = sorted(i for i, owner in rows if owner == bob.id)
+        got_a = [await a_ws.recv_type("order") for _ in alices]
+        got_b = [await b_ws.recv_type("order") for _ in bobs]
+        assert sorted(e["order"]["id"] for e in got_a) == alices
+        assert sorted(e["order"]["id"] for e in got_b) == bobs
+        assert {e["op"] for e in got_a + got_b} == {"insert"}
+
+        moved = alices[:2]
+        sql.execute("UPDATE orders SET owner_id = %s WHERE id = ANY(%s)", (bob.id, moved))
+        gone = [await a_ws.recv_type("order") for _ in moved]
+        arrived = [await b_ws.recv_type("order") for _ in moved]
+        assert {(e["op"], e["order"]["id"], e["order"]["version"]) for e in gone} == {
+            ("delete", i, 2) for i in moved}
+        assert all(set(e["order"]) == {"id", "owner_id", "version"} for e in gone)
+        assert {(e["op"], e["order"]["id"]) for e in arrived} == {("insert", i) for i in moved}
+
+        sql.execute("DELETE FROM orders WHERE owner_id = %s", (bob.id,))
+        deleted = [await b_ws.recv_type("order") for _ in bobs + moved]
+        assert {(e["op"], e["order"]["id"]) for e in deleted} == {
+            ("delete", i) for i in bobs + moved}
+        await a_ws.assert_silent()
+        await b_ws.assert_silent()
 
 
 async def test_two_identical_updates_in_one_transaction_make_two_events(server, make_user, sql,
@@ -187,24 +242,18 @@ async def test_version_and_updated_at_are_kept_by_the_database(make_user, sql):
     assert row == (2, True)
 
 
-async def test_truncate_tells_every_session_to_reload(own_server, db_url):
+async def test_truncate_tells_every_session_to_reload(own_server, server_url):
     """TRUNCATE fires no row triggers; sessions get resync and old cursors expire. (On a
     database of its own: truncating the shared one would disturb other tests.)"""
-    name = f"truncate_{secrets.token_hex(3)}"
-    with psycopg.connect(db_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = database_url(db_url, name)
-    try:
-        migrate(url)
-        uid = create_user(url, FAST_PASSWORDS, "trunc", "trunc-password", False)
-        user = User(uid, "trunc", "trunc-password", create_token(url, "trunc"), False)
+    with own_database(server_url, "truncate") as url:
+        user = new_user(url, prefix="trunc")
         proc = ServerProcess(url, own_server.data_dir)
         proc.start()
         try:
             with psycopg.connect(url, autocommit=True) as sql:
                 async with open_socket(proc, user) as ws:
                     await ws.subscribe_orders()
-                    insert_order(sql, uid)
+                    insert_order(sql, user.id)
                     cursor = (await ws.recv_type("order"))["cursor"]
                     sql.execute("TRUNCATE orders")
                     assert (await ws.recv_type("resync"))["reason"] == "orders truncated"
@@ -213,9 +262,6 @@ async def test_truncate_tells_every_session_to_reload(own_server, db_url):
                     assert (await ws.recv_type("resync"))["reason"] == "cursor expired"
         finally:
             proc.stop()
-    finally:
-        with psycopg.connect(db_url, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 async def test_an_absurd_quote_is_refused_by_a_constraint(sql):

@@ -76,6 +76,7 @@ async def catch_up(hub: Hub, sub: Subscriber, generation: int) -> None:
             return
         sub.held = None
 
+
 def _rejoin(hub: Hub, sub: Subscriber) -> None:
     """After a read that found nothing more: queue the live events published since it
     began that it did not cover, and take live events again."""

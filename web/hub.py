@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import logging
 from collections.abc import AsyncIterator
 from typing import Protocol
 
@@ -24,9 +23,6 @@ from db.rights import Identities, Rights
 from web.catch_up import catch_up
 from web.frames import ALL_OWNERS, OwnerKey, frame_for, resync_frame, with_cursor
 from web.subscriber import Counters, Mode, Subscriber
-
-log = logging.getLogger(__name__)
-
 
 
 class LogReader(Protocol):
@@ -137,7 +133,7 @@ class Hub:
             shaped = frame_for(key, change, frame)
             if shaped is None:
                 continue
-            for sub in list(subscribers):
+            for sub in subscribers:  # _offer never changes who subscribes
                 self._offer(sub, change, shaped, before)
 
     def advance(self, position: Position) -> None:
