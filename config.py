@@ -43,7 +43,10 @@ class Settings:
     argon2_time_cost: int = 3
     argon2_memory_cost_kib: int = 65536
     login_max_failures: int = 10
+    password_hash_concurrency: int = 0
+    max_sockets_per_user: int = 50
     log_level: str = "info"
+    log_format: str = "text"
 
     @property
     def data_path(self) -> Path:

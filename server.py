@@ -1,14 +1,19 @@
 """orderstream command line: serve (default), migrate, createuser, token, demo,
-simulate, db-url, bench.
+simulate, tail, db-url, db-stop, bench.
 
 Every command reads settings.toml, then the environment (DATABASE_URL,
 ORDERSTREAM_<KEY>), then its flags.
+
+Only `migrate` changes the schema (db/migrate.py). Every other command checks that the
+schema is current, with reads only, and refuses with one line if it is behind; `serve
+--migrate` (implied by `--demo` and by the embedded database) migrates first. Errors reach
+the person as one line on stderr: exit 2 for what they asked (bad flags, a user that exists),
+1 for the environment (database unreachable, schema behind, migrate could not lock).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import getpass
 import logging
 import os
@@ -21,37 +26,120 @@ import config
 log = logging.getLogger("orderstream")
 
 
+VERSION_FALLBACK = "0.1.0"  # when the package metadata is absent (run without pip install)
+
+
+def _version() -> str:
+    """The installed package's version (pyproject.toml via pip install -e .)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("orderstream")
+    except PackageNotFoundError:
+        return VERSION_FALLBACK
+
+
+def _port(text: str) -> int:
+    """argparse type: a TCP port, 1-65535."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be 1-65535, got {port}")
+    return port
+
+
+def _positive(kind: type[int] | type[float]):  # type: ignore[no-untyped-def]
+    """argparse type: a number above zero (workers, rates, timeouts)."""
+
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected a {kind.__name__}, got {text!r}") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be above 0, got {text!r}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="server.py",
-                                     description="orderstream: a realtime order blotter")
+    parser = argparse.ArgumentParser(
+        prog="server.py",
+        description="orderstream: a realtime order blotter. Without a command: serve.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def command(name: str, summary: str) -> argparse.ArgumentParser:
+        # help= is the line in `server.py --help`; description= heads `server.py NAME --help`.
+        return sub.add_parser(name, help=summary, description=summary[0].upper() + summary[1:])
 
     def add_serve_flags(p: argparse.ArgumentParser) -> None:
         p.add_argument("--host", help="address to bind (setting: host)")
-        p.add_argument("--port", type=int, help="port to bind (setting: port)")
-        p.add_argument("--workers", type=int, help="server processes (setting: workers)")
+        p.add_argument("--port", type=_port, help="port to bind, 1-65535 (setting: port)")
+        p.add_argument("--workers", type=_positive(int),
+                       help="server processes (setting: workers)")
+        p.add_argument("--migrate", action="store_true",
+                       help="apply pending migrations first (implied by --demo and by the "
+                            "embedded database)")
         p.add_argument("--demo", action="store_true",
-                       help="load demo users and orders and keep changing them (simulate)")
-        p.add_argument("--rate", type=float, default=5.0,
+                       help="migrate, load demo users and orders and keep changing them")
+        p.add_argument("--rate", type=_positive(float), default=5.0,
                        help="with --demo: changes per second (default 5)")
 
     add_serve_flags(parser)
-    add_serve_flags(sub.add_parser("serve", help="run the web server (migrates first)"))
-    sub.add_parser("migrate", help="apply db/migrations and db/triggers.sql, then exit")
-    p = sub.add_parser("createuser", help="create a user")
-    p.add_argument("name")
+    add_serve_flags(command("serve", "run the web server (the default command)"))
+    p = command("migrate", "apply db/migrations and db/triggers.sql (if changed), then exit")
+    p.add_argument("--lock-timeout", type=_positive(float), default=None, metavar="SECONDS",
+                   help="longest one DDL statement waits for a lock, and so the longest a "
+                        "writer waits behind it (default 2)")
+    p.add_argument("--retry-for", type=_positive(float), default=None, metavar="SECONDS",
+                   help="keep retrying lock timeouts this long, then fail (default 60)")
+    p = command("createuser", "create a user (prompts for the password on a terminal)")
+    p.add_argument("name", help="the username")
     p.add_argument("--staff", action="store_true", help="the user sees and edits every order")
-    p.add_argument("--password", help="the password (prompted for when absent)")
-    p = sub.add_parser("token", help="print a new API token for a user (only the token)")
-    p.add_argument("name")
-    sub.add_parser("demo", help="create demo users (passwords printed) and orders")
-    p = sub.add_parser("simulate", help="write orders and quotes at --rate changes/s until Ctrl-C")
-    p.add_argument("--rate", type=float, default=10.0, help="changes per second (default 10)")
-    sub.add_parser("db-url", help="print the database URL in use (starts the embedded server)")
-    p = sub.add_parser("bench", help="measure commit-to-socket latency and throughput")
+    given = p.add_mutually_exclusive_group()
+    given.add_argument("--password", help="the password (visible to other local users: "
+                                          "prefer the prompt or --password-stdin)")
+    given.add_argument("--password-stdin", action="store_true",
+                       help="read the password from the first line of stdin")
+    p = command("token", "print a new API token for a user (only the token)")
+    p.add_argument("name", help="the username")
+    command("demo", "create demo users (passwords printed) and orders")
+    p = command("simulate", "write orders and quotes at --rate changes/s until Ctrl-C")
+    p.add_argument("--rate", type=_positive(float), default=10.0,
+                   help="changes per second (default 10)")
+    p.add_argument("--progress", type=_positive(float), default=5.0, metavar="SECONDS",
+                   help="print the rate achieved and the events written this often (default 5)")
+    command("db-url", "print the database URL in use (starts the embedded server)")
+    p = command("db-stop", "stop the embedded PostgreSQL (var/pg)")
+    p.add_argument("--force", action="store_true",
+                   help="stop it even while server processes use it")
+    p = command("tail", "print order events as JSON lines, straight from the database")
+    p.add_argument("--owner", default="*", metavar="NAME",
+                   help="only this user's orders ('*', the default: everyone's)")
+    p.add_argument("--after", metavar="CURSOR", help="first the events since this cursor")
+    p = command("bench", "measure commit-to-socket latency and throughput")
     p.add_argument("--updates", type=int, default=1000, help="single-row updates to time")
     p.add_argument("--burst", type=int, default=5000, help="events in the throughput burst")
     p.add_argument("--clients", type=int, default=20, help="extra sockets of the same owner")
+    p.add_argument("--fanout", action="store_true",
+                   help="instead: 100 sessions at rising frames/s against the naive build")
+    p.add_argument("--rates", default="10000,20000,40000,50000",
+                   help="with --fanout: frames/s to try (comma-separated)")
+    p.add_argument("--seconds", type=float, default=3.0,
+                   help="with --fanout: seconds of writing per rate and build;"
+                        " with --quotes: seconds of writing")
+    p.add_argument("--quotes", action="store_true",
+                   help="instead: market data, --sessions sessions each on 10 of 100 instruments")
+    p.add_argument("--sessions", type=_positive(int), default=1000,
+                   help="with --quotes: sessions (default 1000)")
+    p.add_argument("--quote-rate", type=_positive(float), default=1000.0,
+                   help="with --quotes: quotes written per second (default 1000)")
     return parser
 
 
@@ -64,6 +152,14 @@ def _settings(args: argparse.Namespace) -> config.Settings:
     )
 
 
+def _check(settings: config.Settings) -> None:
+    """What argparse checks for flags, checked again for settings.toml and the environment."""
+    if not 1 <= settings.port <= 65535:
+        raise config.SettingsError(f"setting 'port': must be 1-65535, got {settings.port}")
+    if settings.workers < 1:
+        raise config.SettingsError(f"setting 'workers': must be 1 or more, got {settings.workers}")
+
+
 def _exception_on_one_line(record: logging.LogRecord) -> bool:
     if record.exc_info and record.exc_info[1] is not None:
         record.msg = f"{record.getMessage()}: {record.exc_info[1]!r}"
@@ -72,9 +168,29 @@ def _exception_on_one_line(record: logging.LogRecord) -> bool:
     return True
 
 
-def _fail(message: str) -> int:
+def _fail(message: str, code: int = 2) -> int:
+    """One line on stderr; exit code 2 for what the person asked, 1 for the environment."""
     print(f"server.py: {message}", file=sys.stderr)
-    return 2
+    return code
+
+
+def _database_error(exc: Exception) -> str:
+    """One line for a database error: the first line of its message, which names the host
+    and port (never the password) for a connection that failed."""
+    import psycopg
+
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    connection_lost = isinstance(exc, psycopg.OperationalError) and (
+        exc.sqlstate is None or exc.sqlstate.startswith(("08", "57P")))
+    return f"cannot reach the database: {first}" if connection_lost else f"database error: {first}"
+
+
+def _migrates_first(command: str, args: argparse.Namespace, settings: config.Settings) -> bool:
+    """`serve --migrate`; `--demo` and the embedded database imply it (both are for a machine
+    of one's own, where nobody else's transactions hold the tables)."""
+    return command == "serve" and bool(
+        getattr(args, "migrate", False) or getattr(args, "demo", False)
+        or not settings.database_url)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -82,60 +198,155 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = args.command or "serve"
     try:
         settings = _settings(args)
+        _check(settings)
     except config.SettingsError as exc:
         return _fail(str(exc))
-    logging.basicConfig(level=settings.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    password = None
+    if command == "createuser":
+        # Before the database starts: a missing password fails fast.
+        password = _read_password(args)
+        if password is None:
+            return 2
+    from cli.logs import FORMATS, configure
+
+    if settings.log_format not in FORMATS:
+        return _fail(f"setting 'log_format': expected one of {FORMATS!r}, "
+                     f"got {settings.log_format!r}")
+    configure(settings.log_level, settings.log_format)
     # asyncpg's pool logs a full traceback each time it cannot reconnect while the
     # database is away; one line says the same.
     logging.getLogger("asyncpg.pool").addFilter(_exception_on_one_line)
     logging.getLogger("httpx").setLevel(logging.WARNING)
     # Imported here so `--help` and settings errors stay fast.
-    from cli.database import Database
-    from db.migrate import migrate
+    import asyncpg
+    import psycopg
 
-    if command == "db-url":
-        print(Database(settings, keep_running=True).url)
-        return 0
-    database = Database(settings)
+    from cli.database import Database, stop_embedded
+    from db.embedded import EmbeddedPostgresError
+    from db.migrate import MigrationError
+
     try:
-        migrate(database.url)
-        if command == "migrate":
-            print("database is up to date")
+        if command == "db-stop":
+            print(stop_embedded(settings, args.force))
             return 0
-        if command == "serve":
-            return _serve(args, settings, database.url)
-        if command == "createuser":
-            return _createuser(args, settings, database.url)
-        if command == "token":
-            from cli.users import UserError, create_token
-            try:
-                print(create_token(database.url, args.name))
-            except UserError as exc:
-                return _fail(str(exc))
+        if command == "db-url":
+            # Only prints: psql "$(server.py db-url)" must work on a database that is behind.
+            print(Database(settings, keep_running=True).url)
             return 0
-        if command == "demo":
-            _print_demo(settings, database.url)
-            return 0
-        if command == "simulate":
-            return _simulate(args, database.url)
-        if command == "bench":
-            from cli.bench import run_bench
-            return run_bench(database.url, settings, args.updates, args.burst, args.clients)
-        return _fail(f"unknown command {command!r}")
+        database = Database(settings)
+    except EmbeddedPostgresError as exc:
+        return _fail(str(exc), 1)
+    except psycopg.Error as exc:
+        return _fail(_database_error(exc), 1)
+    try:
+        return _run(command, args, settings, database.url, password)
+    except MigrationError as exc:
+        return _fail(f"migrate: {exc}", 1)
+    except psycopg.Error as exc:
+        return _fail(_database_error(exc), 1)
+    except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:  # bench, tail
+        return _fail(f"database error: {str(exc).strip() or type(exc).__name__}", 1)
+    except ConnectionError as exc:  # asyncpg's connect() raises the socket's own errors
+        return _fail(f"cannot reach the database: {exc}", 1)
     finally:
         database.stop()
 
 
-def _createuser(args: argparse.Namespace, settings: config.Settings, url: str) -> int:
+def _run(command: str, args: argparse.Namespace, settings: config.Settings, url: str,
+         password: str | None) -> int:
+    """Migrate or check the schema, then run `command` on the database at `url`."""
+    from db.migrate import migrate, schema_status
+
+    if command == "migrate" or _migrates_first(command, args, settings):
+        applied = migrate(url, **_migrate_options(args))
+        if command == "migrate":
+            print(f"applied {', '.join(applied)}; database is up to date" if applied
+                  else "database is up to date")
+            return 0
+    else:
+        # Every other command only reads the schema's state: no DDL, so no lock waits.
+        status = schema_status(url)
+        if not status.current:
+            return _fail(f"the database schema is behind ({status.describe()}); run "
+                         "`python server.py migrate` or `serve --migrate`", 1)
+    if command == "serve":
+        return _serve(args, settings, url)
+    if command == "createuser":
+        assert password is not None
+        return _createuser(args, settings, url, password)
+    if command == "token":
+        from cli.users import UserError, create_token
+        try:
+            print(create_token(url, args.name))
+        except UserError as exc:
+            return _fail(str(exc))
+        return 0
+    if command == "demo":
+        _print_demo(settings, url)
+        return 0
+    if command == "simulate":
+        return _simulate(args, url)
+    if command == "tail":
+        from cli.tail import run as run_tail
+        return run_tail(url, settings, args.owner, args.after)
+    if command == "bench" and args.fanout:
+        from cli.bench_fanout import run_fanout_bench
+
+        try:
+            rates = [int(rate) for rate in args.rates.split(",")]
+        except ValueError:
+            return _fail(f"--rates: expected comma-separated integers, got {args.rates!r}")
+        return run_fanout_bench(url, settings, rates, args.seconds)
+    if command == "bench" and args.quotes:
+        from cli.bench_quotes import run_quotes_bench
+
+        return run_quotes_bench(url, settings, sessions=args.sessions, rate=args.quote_rate,
+                                seconds=args.seconds)
+    if command == "bench":
+        from cli.bench import run_bench
+        return run_bench(url, settings, args.updates, args.burst, args.clients)
+    return _fail(f"unknown command {command!r}")
+
+
+def _migrate_options(args: argparse.Namespace) -> dict[str, float]:
+    options = {"lock_timeout": getattr(args, "lock_timeout", None),
+               "retry_for": getattr(args, "retry_for", None)}
+    return {key: value for key, value in options.items() if value is not None}
+
+
+def _read_password(args: argparse.Namespace) -> str | None:
+    """createuser's password from --password, stdin or the terminal; None after saying why."""
+    if args.password is not None:
+        return args.password
+    if args.password_stdin:
+        line = sys.stdin.readline()
+        if not line:
+            _fail("createuser --password-stdin: stdin is empty; expected the password on "
+                  "one line")
+            return None
+        return line.rstrip("\r\n")
+    if not sys.stdin.isatty():
+        _fail("createuser: no terminal to prompt for the password; pass --password-stdin "
+              "(and the password on stdin) or --password")
+        return None
+    try:
+        password = getpass.getpass(f"Password for {args.name}: ")
+        again = getpass.getpass("Again: ")
+    except (EOFError, KeyboardInterrupt):
+        print(file=sys.stderr)
+        _fail("createuser: no password given")
+        return None
+    if password != again:
+        _fail("passwords do not match")
+        return None
+    return password
+
+
+def _createuser(args: argparse.Namespace, settings: config.Settings, url: str,
+                password: str) -> int:
     from cli.users import UserError, create_user
     from web.passwords import Passwords
 
-    password = args.password
-    if password is None:
-        password = getpass.getpass(f"Password for {args.name}: ")
-        if password != getpass.getpass("Again: "):
-            return _fail("passwords do not match")
     if len(password) < 8:
         return _fail("password must be at least 8 characters")
     try:
@@ -160,18 +371,31 @@ def _print_demo(settings: config.Settings, url: str) -> None:
 
 
 def _simulate(args: argparse.Namespace, url: str) -> int:
-    from cli.simulate import Simulator
+    from cli.simulate import run_cli
 
-    simulator = Simulator(url, args.rate)
-    print(f"writing {args.rate:g} changes/s; Ctrl-C to stop", file=sys.stderr)
-    with contextlib.suppress(KeyboardInterrupt):
-        simulator.run()
-    print(f"made {simulator.changes} changes", file=sys.stderr)
-    return 0
+    return run_cli(url, args.rate, args.progress)
+
+
+def _share_metrics() -> str:
+    """Workers write their metrics to files in a fresh directory, which /metrics on any of
+    them adds up (prometheus-client's multiprocess mode). Returns the directory."""
+    import tempfile
+
+    from web.metrics import MULTIPROC_ENV
+
+    directory = tempfile.mkdtemp(prefix="orderstream-metrics-")
+    os.environ[MULTIPROC_ENV] = directory
+    return directory
 
 
 def _serve(args: argparse.Namespace, settings: config.Settings, url: str) -> int:
+    import shutil
+
     import uvicorn
+
+    from cli.logs import log_config
+
+    metrics_dir = None
 
     simulator = None
     if getattr(args, "demo", False):
@@ -186,6 +410,7 @@ def _serve(args: argparse.Namespace, settings: config.Settings, url: str) -> int
         "host": settings.host,
         "port": settings.port,
         "log_level": settings.log_level,
+        "log_config": log_config(settings.log_level, settings.log_format),
         "ws_max_size": 256 * 1024,
         # Frames are small JSON sent at high rates on local networks: compressing each one
         # cost more CPU than sending it (py-spy, a 100,000-row UPDATE to a staff session).
@@ -198,6 +423,7 @@ def _serve(args: argparse.Namespace, settings: config.Settings, url: str) -> int
         signal.signal(sig, lambda *_: None)
     try:
         if settings.workers > 1:
+            metrics_dir = _share_metrics()
             uvicorn.run("server:app_from_environment", factory=True, workers=settings.workers,
                         **options)
         else:
@@ -207,6 +433,8 @@ def _serve(args: argparse.Namespace, settings: config.Settings, url: str) -> int
     finally:
         if simulator is not None:
             simulator.stop()
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0
 
 

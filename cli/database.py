@@ -9,7 +9,7 @@ import psycopg
 from psycopg import sql
 
 import config
-from db.embedded import EmbeddedPostgres, database_url
+from db.embedded import EmbeddedPostgres, EmbeddedPostgresError, database_url
 
 log = logging.getLogger(__name__)
 
@@ -42,3 +42,16 @@ def _create_database(server_url: str, name: str) -> None:
             # Another process may create it first.
             with contextlib.suppress(psycopg.errors.DuplicateDatabase):
                 conn.execute(create)
+
+
+def stop_embedded(settings: config.Settings, force: bool = False) -> str:
+    """Stop the embedded server (`db-stop`); returns what happened, in one line."""
+    if settings.database_url:
+        raise EmbeddedPostgresError(
+            "db-stop stops the embedded PostgreSQL, but a database URL is configured "
+            "(DATABASE_URL or database_url): stop that server with its own tools"
+        )
+    data_dir = settings.data_path / "pg"
+    if not EmbeddedPostgres(data_dir).shutdown(force=force):
+        return f"PostgreSQL in {data_dir} is not running"
+    return f"stopped PostgreSQL in {data_dir}"

@@ -7,7 +7,7 @@ from decimal import Decimal
 
 import psycopg
 
-from cli.simulate import INSTRUMENTS
+from cli.simulate import INSTRUMENTS, ensure_instruments, on_tick
 from cli.users import create_user
 from web.passwords import Passwords
 
@@ -15,10 +15,12 @@ DEMO_USERS = (("alice", False), ("bob", False), ("carol", False), ("admin", True
 
 
 def load_demo(url: str, passwords: Passwords, orders_per_user: int = 25) -> list[tuple[str, str]]:
-    """Create (or reset) the demo users and give each a few orders; returns (user, password)."""
+    """Create (or reset) the demo users, the demo instruments, and give each user a few
+    orders; returns (user, password)."""
     credentials = []
     rng = random.Random(7)
     with psycopg.connect(url) as conn:
+        ensure_instruments(conn)
         for username, is_staff in DEMO_USERS:
             password = f"{username}-demo"
             user_id = create_user(url, passwords, username, password, is_staff, update=True)
@@ -28,8 +30,8 @@ def load_demo(url: str, passwords: Passwords, orders_per_user: int = 25) -> list
             assert have is not None
             rows = []
             for _ in range(max(0, orders_per_user - have[0])):
-                instrument, price = rng.choice(list(INSTRUMENTS.items()))
-                price = (price * Decimal(rng.randint(95, 105)) / 100).quantize(Decimal("0.01"))
+                instrument, (_, tick, price) = rng.choice(list(INSTRUMENTS.items()))
+                price = on_tick(price * Decimal(rng.randint(95, 105)) / 100, tick)
                 rows.append((user_id, instrument, rng.choice(("buy", "sell")),
                              rng.randint(1, 50) * 10, price))
             with conn.cursor() as cur:

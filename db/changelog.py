@@ -16,6 +16,7 @@ import asyncpg
 
 from db import queries
 from db.change import Change, Page
+from db.pool import CONNECT_TIMEOUT_S
 from db.position import Position, Snapshot
 from db.rights import Identities, Rights, load_rights
 
@@ -79,7 +80,7 @@ class ChangeLog:
 
     async def open(self) -> None:
         self._pool = await asyncpg.create_pool(
-            self._url, min_size=1, max_size=self._max,
+            self._url, min_size=1, max_size=self._max, timeout=CONNECT_TIMEOUT_S,
             server_settings={"application_name": self._name, "timezone": "UTC",
                              "statement_timeout": str(self._timeout_ms)})
 
@@ -183,17 +184,23 @@ def _expired(position: Position, snapshot: Snapshot, pruned: int, truncated: int
     return False
 
 
+# Seconds a prune's DELETE may run (it runs without statement_timeout).
+PRUNE_TIMEOUT_S = 3600.0
+
+
 async def prune(pool: asyncpg.Pool, older_than_seconds: float) -> int:
     """Delete change-log rows past retention (one process at a time); returns how many."""
     async with pool.acquire() as conn, conn.transaction():
         if not await conn.fetchval("SELECT pg_try_advisory_xact_lock(7363, 1)"):
             return 0
-        # A big prune may take longer than the API's timeouts on this connection allow.
+        # A big prune may take longer than the API's timeouts on this connection allow
+        # (the server's, and the pool's client-side command_timeout).
         await conn.execute("SET LOCAL statement_timeout = 0; SET LOCAL lock_timeout = 0")
         row = await conn.fetchrow(
             "WITH gone AS (DELETE FROM order_changes"
             "  WHERE created_at < now() - make_interval(secs => $1) RETURNING xid)"
-            " SELECT count(*) AS n, max(xid)::text AS newest FROM gone", older_than_seconds)
+            " SELECT count(*) AS n, max(xid)::text AS newest FROM gone", older_than_seconds,
+            timeout=PRUNE_TIMEOUT_S)
         if row["n"]:
             await conn.execute(
                 "UPDATE order_changes_horizon"

@@ -146,6 +146,24 @@ class EmbeddedPostgres:
                     return
                 self._stop_postmaster()
 
+    def shutdown(self, force: bool = False) -> bool:
+        """Stop the server on the data directory, whoever started it (`server.py db-stop`).
+
+        Refuses with EmbeddedPostgresError while live processes hold it, unless `force` (they
+        lose their connections). Returns False when no server was running.
+        """
+        with _thread_lock, self._locked():
+            if self.pid is None:
+                return False
+            holders = pgdata.update_holders(self.data_dir)
+            if holders and not force:
+                raise EmbeddedPostgresError(
+                    f"PostgreSQL in {self.data_dir} is in use by pid(s) "
+                    f"{', '.join(map(str, holders))}; stop them first, or pass --force"
+                )
+            self._stop_postmaster()
+            return True
+
     def restart(self) -> None:
         """Stop the server (fast mode, whoever holds it) and start it again on the same socket.
 

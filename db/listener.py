@@ -18,6 +18,7 @@ import logging
 import time
 from typing import Protocol
 
+from db import queries
 from db.change import Change, ResyncReason
 from db.changelog import ChangeLog
 from db.notifications import DB_ERRORS, Notification, Notifications
@@ -29,6 +30,9 @@ log = logging.getLogger(__name__)
 ORDERS_CHANNEL = "orders"
 QUOTES_CHANNEL = "quotes"
 AUTH_CHANNEL = "auth"
+# The triggers sign what they send here (db/signing.py); 'auth' only names whose rights
+# to re-read from the database, so a forged one changes nothing.
+SIGNED_CHANNELS = frozenset({ORDERS_CHANNEL, QUOTES_CHANNEL})
 # The pump lets other tasks run after this many changes in a row.
 YIELD_EVERY = 32
 # One read of the log: at most this many rows and bytes.
@@ -46,7 +50,9 @@ class Sink(Protocol):
 
     def advance(self, position: Position) -> None: ...
 
-    def publish_quote(self, instrument: str, frame: str) -> None: ...
+    def publish_quote(self, instrument: str, version: int, frame: str) -> None: ...
+
+    def quote_instruments(self) -> list[str]: ...
 
     def resync_all(self, reason: str) -> None: ...
 
@@ -63,12 +69,12 @@ class Listener:
     """Feeds `sink` every order change, quote and rights change, in commit order."""
 
     def __init__(self, url: str, sink: Sink, queue_size: int = 20000,
-                 health_interval: float = 1.0, max_backoff: float = 5.0,
+                 health_interval: float = 1.0, max_backoff: float = 1.0,
                  log_statement_timeout_ms: int = 10_000) -> None:
         self._sink = sink
         self._notifications = Notifications(
             url, (ORDERS_CHANNEL, QUOTES_CHANNEL, AUTH_CHANNEL), queue_size, health_interval,
-            max_backoff)
+            max_backoff, signed=SIGNED_CHANNELS)
         # Its own reads (oversized frames, rights, catch-up), never the API's pool.
         self._log = ChangeLog(url, max_connections=2, statement_timeout_ms=log_statement_timeout_ms,
                               name="orderstream-listener-log")
@@ -92,6 +98,11 @@ class Listener:
     @property
     def dropped(self) -> int:
         return self._notifications.dropped
+
+    @property
+    def rejected(self) -> int:
+        """Notifications on a signed channel without the triggers' signature (ignored)."""
+        return self._notifications.rejected
 
     async def start(self, timeout: float = 30.0) -> None:
         """Connect and LISTEN; returns once listening (raises if that fails within `timeout`)."""
@@ -160,6 +171,7 @@ class Listener:
                     # snapshot is then sure to be heard.
                     await self.listening.wait()
                     await self._catch_up("gap in notifications")
+                    await self._refresh_quotes()
                 else:
                     await self._dispatch(*item)
             except asyncio.CancelledError:
@@ -170,6 +182,21 @@ class Listener:
                 # Whatever failed, a change may be missing: read the log rather than go on.
                 log.exception("could not dispatch notification %r", item)
                 await self._catch_up("dispatch failed")
+
+    async def _refresh_quotes(self) -> None:
+        """Quotes have no log: after a gap, publish the current quote of every instrument
+        someone follows. Sessions keep only versions newer than what they hold, so the ones
+        heard before the gap change nothing."""
+        instruments = self._sink.quote_instruments()
+        if not instruments:
+            return
+        try:
+            current = await queries.quote_frames(self._log.pool, instruments)
+        except DB_ERRORS as exc:
+            log.warning("quotes after a gap could not be read (%s); the next ones will do", exc)
+            return
+        for instrument, version, frame in current:
+            self._sink.publish_quote(instrument, version, frame)
 
     async def _reset(self) -> None:
         """Start again from what the database has committed now; what was skipped since
@@ -186,8 +213,17 @@ class Listener:
 
     async def _dispatch(self, channel: str, payload: str) -> None:
         if channel == QUOTES_CHANNEL:
-            quote = json.loads(payload)
-            self._sink.publish_quote(quote["instrument"], payload)
+            # Anyone may NOTIFY: a payload that is not a quote frame is ignored.
+            try:
+                quote = json.loads(payload)
+            except ValueError:
+                quote = None
+            instrument = quote.get("instrument") if isinstance(quote, dict) else None
+            version = quote.get("version") if isinstance(quote, dict) else None
+            if isinstance(instrument, str) and isinstance(version, int):
+                self._sink.publish_quote(instrument, version, payload)
+            else:
+                log.warning("ignored a notification on 'quotes' that is no quote: %.200r", payload)
         elif channel == AUTH_CHANNEL:
             # Anyone who can connect may NOTIFY: the payload only says whose rights to
             # re-read, never what they are. Awaited here, so later events wait for it.

@@ -15,6 +15,9 @@ import logging
 
 import asyncpg
 
+from db.pool import CONNECT_TIMEOUT_S
+from db.signing import load_key, open_signed
+
 log = logging.getLogger(__name__)
 
 # A notification is (channel, payload); None marks "notifications may be missing here".
@@ -30,10 +33,15 @@ class Notifications:
     """LISTEN on `channels` over a dedicated connection; read them with get()."""
 
     def __init__(self, url: str, channels: tuple[str, ...], queue_size: int = 20000,
-                 health_interval: float = 1.0, max_backoff: float = 5.0,
-                 application_name: str = "orderstream-listener") -> None:
+                 health_interval: float = 1.0, max_backoff: float = 1.0,
+                 application_name: str = "orderstream-listener",
+                 signed: frozenset[str] = frozenset()) -> None:
         self._url = url
         self._channels = channels
+        # Channels whose notifications must carry the triggers' signature (db/signing.py);
+        # the rest are hints the reader checks against the database itself.
+        self._signed = signed
+        self._key = b""
         self._queue: asyncio.Queue[Notification] = asyncio.Queue(maxsize=queue_size)
         self._health_interval = health_interval
         self._max_backoff = max_backoff
@@ -44,6 +52,7 @@ class Notifications:
         self.listening = asyncio.Event()
         self.dropped = 0
         self.reconnects = 0
+        self.rejected = 0
 
     async def start(self) -> None:
         await self._connect()
@@ -74,9 +83,15 @@ class Notifications:
     # -- the connection -------------------------------------------------------------
 
     async def _connect(self) -> None:
+        # Reconnects back off to at most `max_backoff` (1 s), so events flow again about a
+        # second after the database comes back; CONNECT_TIMEOUT_S bounds each attempt.
         conn = await asyncpg.connect(
-            self._url, server_settings={"application_name": self._application_name})
+            self._url, timeout=CONNECT_TIMEOUT_S,
+            server_settings={"application_name": self._application_name})
         try:
+            if self._signed:
+                # Read on every connect: a re-keyed database is picked up with the connection.
+                self._key = await load_key(conn)
             conn.add_termination_listener(self._on_terminated)
             for channel in self._channels:
                 await conn.add_listener(channel, self._on_notification)
@@ -103,6 +118,16 @@ class Notifications:
             self._mark_lost("connection terminated")
 
     def _on_notification(self, conn: object, pid: int, channel: str, payload: str) -> None:
+        if channel in self._signed:
+            opened = open_signed(self._key, payload)
+            if opened is None:
+                self.rejected += 1
+                # One line per unsigned notification would let its sender flood the log.
+                if self.rejected & (self.rejected - 1) == 0:
+                    log.warning("rejected an unsigned notification on %r from backend %s"
+                                " (%d so far): %.120r", channel, pid, self.rejected, payload)
+                return
+            payload = opened
         self.put((channel, payload))
 
     def _mark_lost(self, why: str) -> None:

@@ -3,11 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Generator
 from typing import Any
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
+
+# Seconds asyncpg may take to open a connection (its default is a minute): a database that
+# drops packets must not hold requests, the listener or startup that long.
+CONNECT_TIMEOUT_S = 5.0
+# Seconds past statement_timeout a query's answer may take before the client gives up on
+# it: the server cancels a slow query itself at statement_timeout, so only a database that
+# stopped answering (a network that drops packets) meets this bound.
+COMMAND_TIMEOUT_MARGIN_S = 2.0
+# Seconds a connection's reset after use (a round trip) may take before it is dropped.
+RELEASE_TIMEOUT_S = 1.0
+
+log = logging.getLogger(__name__)
 
 
 class PoolBusy(TimeoutError):
@@ -49,8 +62,16 @@ class ApiPool(asyncpg.Pool):
         return _Admission(self, (self._writes, self._shared), timeout, "write slot")
 
     async def release(self, connection: Any, *, timeout: float | None = None) -> None:
+        """Give a connection back, within `timeout` seconds (default RELEASE_TIMEOUT_S)."""
         try:
-            await super().release(connection, timeout=timeout)
+            await super().release(
+                connection, timeout=RELEASE_TIMEOUT_S if timeout is None else timeout)
+        except (TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            # The reset after use failed or hung (a query timed out on a database that
+            # stopped answering, say): asyncpg has terminated the connection and the pool
+            # opens a new one when needed. The request's own outcome stands.
+            log.warning("dropped a database connection that could not be reset: %s: %s",
+                        type(exc).__name__, exc)
         finally:
             for gate in self._admitted.pop(connection, ()):
                 gate.release()
@@ -112,7 +133,8 @@ async def create_pool(url: str, min_size: int = 2, max_size: int = 10, *,
                       statement_timeout_ms: int = 0, lock_timeout_ms: int = 0) -> ApiPool:
     """A pool whose connections run in UTC, so timestamps render the same everywhere, with
     PostgreSQL's statement_timeout and lock_timeout set on every connection (0: off) and
-    acquires bounded by `acquire_timeout_s` (0: wait forever)."""
+    acquires bounded by `acquire_timeout_s` (0: wait forever). A query whose answer has
+    not come `COMMAND_TIMEOUT_MARGIN_S` after statement_timeout raises TimeoutError."""
     pool = ApiPool(
         url,
         min_size=min(min_size, max_size),
@@ -122,6 +144,11 @@ async def create_pool(url: str, min_size: int = 2, max_size: int = 10, *,
         loop=None,
         connection_class=asyncpg.Connection,
         record_class=asyncpg.Record,
+        # Opening a connection (the pool reopens lost ones on acquire) may take this long;
+        # acquires are bounded by `acquire_timeout_s` on top.
+        timeout=CONNECT_TIMEOUT_S,
+        command_timeout=(statement_timeout_ms / 1000 + COMMAND_TIMEOUT_MARGIN_S
+                         if statement_timeout_ms > 0 else None),
         acquire_timeout=acquire_timeout_s if acquire_timeout_s > 0 else None,
         read_reserve=read_reserve,
         server_settings={

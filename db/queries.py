@@ -40,6 +40,12 @@ SEARCH_COLUMNS: dict[str, str] = {
     "quantity": "o.quantity::text",
     "price": "o.price::text",
 }
+# Columns a list may be filtered on by exact value (status=, side=, instrument=).
+EXACT_COLUMNS: dict[str, str] = {
+    "status": "o.status",
+    "side": "o.side",
+    "instrument": "o.instrument",
+}
 # Columns a PATCH/POST may set -> SQL column name.
 WRITABLE_COLUMNS: dict[str, str] = {
     "owner_id": "owner_id",
@@ -74,6 +80,7 @@ class OrderQuery:
     words: tuple[str, ...] = ()
     search_columns: tuple[str, ...] = tuple(SEARCH_COLUMNS)
     column_filters: tuple[tuple[str, str], ...] = ()
+    equals: tuple[tuple[str, str], ...] = ()  # (EXACT_COLUMNS key, value): exact matches
 
 
 @dataclass(frozen=True)
@@ -166,6 +173,14 @@ async def list_users(db: Executor) -> list[dict[str, Any]]:
     return [dict(row) for row in rows]
 
 
+async def get_user(db: Executor, user_id: int) -> dict[str, Any] | None:
+    row = await db.fetchrow(
+        "SELECT u.id, u.username, u.is_staff, u.created_at,"
+        " (SELECT count(*) FROM api_tokens t WHERE t.user_id = u.id AND t.revoked_at IS NULL)"
+        " AS tokens FROM users u WHERE u.id = $1", user_id)
+    return None if row is None else dict(row)
+
+
 async def create_user(db: Executor, username: str, password_hash: str | None,
                       is_staff: bool) -> dict[str, Any]:
     row = await db.fetchrow(
@@ -219,6 +234,8 @@ async def list_orders(db: Executor, query: OrderQuery) -> OrderPage:
         filters.append("(" + " OR ".join(alternatives) + ")")
     for column, value in query.column_filters:
         filters.append(f"{SEARCH_COLUMNS[column]} ILIKE {arg(_like(value))}")
+    for column, value in query.equals:
+        filters.append(f"{EXACT_COLUMNS[column]} = {arg(value)}")
     where_filtered = " AND ".join([scope, *filters])
     order_by = ", ".join(
         f"{SORT_COLUMNS[column]} {'DESC' if descending else 'ASC'}"
@@ -243,52 +260,67 @@ async def list_orders(db: Executor, query: OrderQuery) -> OrderPage:
                      total if row["filtered"] is None else row["filtered"], row["seq"])
 
 
-async def get_order(db: Executor, order_id: int, owner_id: int | None) -> str | None:
-    return await db.fetchval(
-        f"SELECT {_ORDER_JSON} {_FROM} WHERE o.id = $1 AND ($2::bigint IS NULL OR o.owner_id = $2)",
+async def get_order(db: Executor, order_id: int, owner_id: int | None
+                    ) -> tuple[str, int] | None:
+    """The order's JSON and its version (the ETag), if the owner (None: anyone's) has it."""
+    row = await db.fetchrow(
+        f"SELECT {_ORDER_JSON} AS order_json, o.version {_FROM}"
+        " WHERE o.id = $1 AND ($2::bigint IS NULL OR o.owner_id = $2)",
         order_id, owner_id,
     )
+    return None if row is None else (row["order_json"], row["version"])
 
 
 _RETURNING = (
     "RETURNING orderstream_order_json(orders,"
-    " (SELECT username FROM users WHERE id = orders.owner_id))::text"
+    " (SELECT username FROM users WHERE id = orders.owner_id))::text AS order_json, version"
 )
 
 
-async def create_order(db: Executor, values: dict[str, Any]) -> str:
+async def create_order(db: Executor, values: dict[str, Any]) -> tuple[int, str, int]:
+    """Insert an order: (its id, its JSON, its version)."""
     columns = [WRITABLE_COLUMNS[name] for name in values]
     placeholders = [f"${i}" for i in range(1, len(values) + 1)]
-    return await db.fetchval(
+    row = await db.fetchrow(
         f"INSERT INTO orders ({', '.join(columns)}) VALUES ({', '.join(placeholders)})"
-        f" {_RETURNING}",
+        f" {_RETURNING}, id",
         *values.values(),
     )
+    return row["id"], row["order_json"], row["version"]
 
 
 async def update_order(db: Executor, order_id: int, owner_id: int | None,
-                       values: dict[str, Any], expected_version: int | None) -> str | None:
-    """Apply `values`; None when the order is not there (or not the owner's) or the
-    version does not match."""
-    args: list[Any] = [order_id, owner_id, expected_version]
+                       values: dict[str, Any], expected_version: int | None,
+                       if_match: tuple[int, ...] | None = None) -> tuple[str, int] | None:
+    """Apply `values`: (the order's JSON, its new version); None when the order is not
+    there (or not the owner's), the version does not match, or it is none of `if_match`
+    (the If-Match versions; None: any). Checked in the UPDATE itself, not read first."""
+    args: list[Any] = [order_id, owner_id, expected_version,
+                       None if if_match is None else list(if_match)]
     sets = []
     for name, value in values.items():
         args.append(value)
         sets.append(f"{WRITABLE_COLUMNS[name]} = ${len(args)}")
     if not sets:
         sets.append("owner_id = owner_id")  # still a write: bumps version, announces
-    return await db.fetchval(
+    row = await db.fetchrow(
         f"UPDATE orders SET {', '.join(sets)} WHERE id = $1"
         " AND ($2::bigint IS NULL OR owner_id = $2) AND ($3::bigint IS NULL OR version = $3)"
+        " AND ($4::bigint[] IS NULL OR version = ANY($4::bigint[]))"
         f" {_RETURNING}",
         *args,
     )
+    return None if row is None else (row["order_json"], row["version"])
 
 
-async def delete_order(db: Executor, order_id: int, owner_id: int | None) -> bool:
+async def delete_order(db: Executor, order_id: int, owner_id: int | None,
+                       if_match: tuple[int, ...] | None = None) -> bool:
+    """Delete the order if the owner (None: anyone's) has it and, with `if_match`, it is at
+    one of those versions (checked in the DELETE itself)."""
     deleted = await db.fetchval(
-        "DELETE FROM orders WHERE id = $1 AND ($2::bigint IS NULL OR owner_id = $2) RETURNING id",
-        order_id, owner_id,
+        "DELETE FROM orders WHERE id = $1 AND ($2::bigint IS NULL OR owner_id = $2)"
+        " AND ($3::bigint[] IS NULL OR version = ANY($3::bigint[])) RETURNING id",
+        order_id, owner_id, None if if_match is None else list(if_match),
     )
     return deleted is not None
 
@@ -300,11 +332,45 @@ async def order_version(db: Executor, order_id: int, owner_id: int | None) -> in
     )
 
 
-async def quote_frames(db: Executor, instruments: list[str]) -> list[str]:
-    """The current quotes of `instruments` as `quote` frames (`ts`: their last update)."""
+async def quote_frames(db: Executor, instruments: list[str]) -> list[tuple[str, int, str]]:
+    """The current quotes of `instruments` as (instrument, version, `quote` frame), `ts` being
+    their last update; instruments without a quote are left out."""
     rows = await db.fetch(
-        "SELECT json_build_object('type', 'quote', 'instrument', instrument, 'bid', bid::text,"
-        " 'ask', ask::text, 'last', last::text,"
-        " 'ts', round(extract(epoch FROM updated_at) * 1000, 3))::text AS frame"
-        " FROM quotes WHERE instrument = ANY($1::text[]) ORDER BY instrument", instruments)
-    return [row["frame"] for row in rows]
+        "SELECT instrument, version, orderstream_quote_json(q,"
+        " round(extract(epoch FROM updated_at) * 1000, 3))::text AS frame"
+        " FROM quotes q WHERE instrument = ANY($1::text[]) ORDER BY instrument", instruments)
+    return [(row["instrument"], row["version"], row["frame"]) for row in rows]
+
+
+async def known_instruments(db: Executor, symbols: list[str]) -> set[str]:
+    """Which of `symbols` are rows of `instruments`."""
+    rows = await db.fetch(
+        "SELECT symbol FROM instruments WHERE symbol = ANY($1::text[])", symbols)
+    return {row["symbol"] for row in rows}
+
+
+async def quotes_json(db: Executor, symbols: list[str] | None) -> list[str]:
+    """Instruments (`symbols`, or all of them up to 1000) with their current quote as JSON
+    objects: symbol, name, tick_size and the quote frame's fields (null while quiet)."""
+    rows = await db.fetch(
+        "SELECT json_build_object('instrument', i.symbol, 'name', i.name,"
+        " 'tick_size', i.tick_size::text, 'bid', q.bid::text, 'ask', q.ask::text,"
+        " 'last', q.last::text, 'version', q.version,"
+        " 'ts', round(extract(epoch FROM q.updated_at) * 1000, 3))::text AS item"
+        " FROM instruments i LEFT JOIN quotes q ON q.instrument = i.symbol"
+        " WHERE $1::text[] IS NULL OR i.symbol = ANY($1::text[])"
+        " ORDER BY i.symbol LIMIT 1000", symbols)
+    return [row["item"] for row in rows]
+
+
+async def unrealised_pnl(db: Executor, owner_id: int) -> tuple[str, int, int]:
+    """Unrealised P&L of an owner's filled and partially filled orders at the last prices:
+    (total as decimal text, orders priced, orders without a last price)."""
+    row = await db.fetchrow(
+        "SELECT coalesce(round(sum(CASE WHEN o.side = 'sell' THEN o.price - q.last"
+        " ELSE q.last - o.price END * o.quantity), 2), 0)::text AS total,"
+        " count(q.last) AS priced, count(*) - count(q.last) AS unpriced"
+        " FROM orders o LEFT JOIN quotes q ON q.instrument = o.instrument"
+        " WHERE o.owner_id = $1 AND o.status IN ('filled', 'partially_filled')", owner_id)
+    assert row is not None
+    return row["total"], row["priced"], row["unpriced"]

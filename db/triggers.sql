@@ -1,5 +1,6 @@
 -- Trigger functions and triggers that make every write to orders and quotes an
--- event. Re-applied by every `migrate`: keep it idempotent.
+-- event. Re-applied by `migrate` whenever this file changes (its sha256 is kept in
+-- schema_state): keep it idempotent.
 --
 -- Every statement that changes orders logs its changes in order_changes with one
 -- set-based INSERT (statement-level triggers with transition tables: a 100,000-row
@@ -16,6 +17,18 @@
 -- those transactions was announced before this one. When a change would pass NOTIFY's
 -- 8000-byte limit the frame is left empty and the server reads it from the log by seq.
 -- NOTIFY is transactional: a rolled-back write announces nothing.
+-- Every notification on 'orders' (and 'quotes') is signed: "<tag> <payload>" with the
+-- tag an HMAC of the payload under notification_key (db/signing.py). The functions that
+-- sign run as their owner (SECURITY DEFINER), so writers need no access to the key nor to
+-- order_changes, and cannot forge an event.
+
+-- "<tag> <body>": the first 16 bytes of HMAC-SHA256(key, body) in hex, from the key's
+-- inner and outer pads (RFC 2104).
+CREATE OR REPLACE FUNCTION orderstream_signed(inner_pad bytea, outer_pad bytea, body text)
+RETURNS text LANGUAGE sql IMMUTABLE AS $$
+    SELECT encode(substr(sha256(outer_pad || sha256(inner_pad || convert_to(body, 'UTF8'))),
+                         1, 16), 'hex') || ' ' || body
+$$;
 
 -- One order as the JSON the API and the stream share (numbers as decimal strings,
 -- timestamps in UTC).
@@ -89,22 +102,27 @@ END
 $$;
 
 -- Announce one logged change, frame included if the notification stays under NOTIFY's
--- 8000 bytes (seq and owner ids add at most 61 bytes to header and frame). The triggers
--- number changes (nextval) in the order they are inserted and returned, so one
--- transaction's notifications arrive in seq order. Plain SQL, so the planner inlines it:
--- a PL/pgSQL call per row cost writers more than the notification itself.
-CREATE OR REPLACE FUNCTION orderstream_announce(header text, seq bigint, owner_id bigint,
+-- 8000 bytes (seq and owner ids add at most 61 bytes to header and frame, the tag 33).
+-- The triggers number changes (nextval) in the order they are inserted and returned, so
+-- one transaction's notifications arrive in seq order. Plain SQL, so the planner inlines
+-- it: a PL/pgSQL call per row cost writers more than the notification itself.
+DROP FUNCTION IF EXISTS orderstream_announce(text, bigint, bigint, bigint, text);
+CREATE OR REPLACE FUNCTION orderstream_announce(inner_pad bytea, outer_pad bytea,
+                                                header text, seq bigint, owner_id bigint,
                                                 old_owner_id bigint, frame text)
 RETURNS void LANGUAGE sql VOLATILE AS $$
-    SELECT pg_notify('orders',
+    SELECT pg_notify('orders', orderstream_signed(inner_pad, outer_pad,
         seq || ' ' || header || owner_id || ' ' || coalesce(old_owner_id::text, '-') || ' '
-        || CASE WHEN octet_length(header) + octet_length(frame) < 7900 THEN frame ELSE '' END)
+        || CASE WHEN octet_length(header) + octet_length(frame) < 7850 THEN frame ELSE '' END))
 $$;
 
 -- A statement of more than 100 rows: one notification for all of them.
-CREATE OR REPLACE FUNCTION orderstream_announce_bulk(header text)
+DROP FUNCTION IF EXISTS orderstream_announce_bulk(text);
+CREATE OR REPLACE FUNCTION orderstream_announce_bulk(inner_pad bytea, outer_pad bytea,
+                                                     header text)
 RETURNS void LANGUAGE sql VOLATILE AS $$
-    SELECT pg_notify('orders', currval('order_event_seq') || ' ' || header || 'bulk')
+    SELECT pg_notify('orders', orderstream_signed(inner_pad, outer_pad,
+        currval('order_event_seq') || ' ' || header || 'bulk'))
 $$;
 
 DROP FUNCTION IF EXISTS orderstream_announce(bigint, text, bigint, bigint, bigint, text);
@@ -114,8 +132,10 @@ DROP FUNCTION IF EXISTS orderstream_announce_bulk(bigint, text);
 -- row. The set-based statements below reference transition tables, which PostgreSQL plans
 -- anew on every call (about 0.4 ms); these statements use plain variables, so their plans
 -- are cached and a single-row write pays what a row trigger would.
+DROP FUNCTION IF EXISTS orderstream_log_one(text, orders, bigint, text, numeric);
 CREATE OR REPLACE FUNCTION orderstream_log_one(op text, o orders, old_owner_id bigint,
-                                               header text, ts numeric)
+                                               header text, ts numeric, inner_pad bytea,
+                                               outer_pad bytea)
 RETURNS void LANGUAGE plpgsql AS $$
 DECLARE
     seq   bigint := nextval('order_event_seq');
@@ -125,13 +145,14 @@ DECLARE
 BEGIN
     INSERT INTO order_changes (seq, owner_id, old_owner_id, frame)
     VALUES (seq, o.owner_id, moved, frame);
-    PERFORM orderstream_announce(header, seq, o.owner_id, moved, frame);
+    PERFORM orderstream_announce(inner_pad, outer_pad, header, seq, o.owner_id, moved, frame);
 END
 $$;
 
--- Every statement that changes orders: log its changes and announce them.
+-- Every statement that changes orders: log its changes and announce them. As its owner,
+-- with a fixed search_path: the writer needs no right to order_changes or the key.
 CREATE OR REPLACE FUNCTION orderstream_orders_changed()
-RETURNS trigger LANGUAGE plpgsql AS $$
+RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_catalog AS $$
 DECLARE
     op        text := lower(TG_OP);
     n         bigint;
@@ -139,6 +160,8 @@ DECLARE
     header    text := orderstream_change_header();
     ts        numeric := orderstream_now_ms();
     changed   text;
+    ipad      bytea;
+    opad      bytea;
 BEGIN
     -- Transition tables exist per event: each branch names only its own.
     IF TG_OP = 'DELETE' THEN
@@ -148,14 +171,18 @@ BEGIN
     END IF;
     IF n = 0 THEN
         RETURN NULL;
-    ELSIF n = 1 THEN
+    END IF;
+    SELECT inner_pad, outer_pad INTO ipad, opad FROM notification_key;
+    IF n = 1 THEN
         IF TG_OP = 'INSERT' THEN
-            PERFORM orderstream_log_one(op, r::orders, NULL, header, ts) FROM new_rows r;
+            PERFORM orderstream_log_one(op, r::orders, NULL, header, ts, ipad, opad)
+            FROM new_rows r;
         ELSIF TG_OP = 'UPDATE' THEN
             PERFORM orderstream_log_one(op, r::orders, (SELECT owner_id FROM old_rows),
-                                        header, ts) FROM new_rows r;
+                                        header, ts, ipad, opad) FROM new_rows r;
         ELSE
-            PERFORM orderstream_log_one(op, r::orders, NULL, header, ts) FROM old_rows r;
+            PERFORM orderstream_log_one(op, r::orders, NULL, header, ts, ipad, opad)
+            FROM old_rows r;
         END IF;
         RETURN NULL;
     END IF;
@@ -180,11 +207,11 @@ BEGIN
         '         orderstream_event_frame($1, c.seq, $2, c.o, c.owner_name)'
         '  FROM (SELECT nextval(''order_event_seq'') AS seq, j.* FROM (%s) j) c'
         '  RETURNING seq, owner_id, old_owner_id, frame)'
-        ' SELECT count(orderstream_announce($3, seq, owner_id, old_owner_id, frame))'
+        ' SELECT count(orderstream_announce($5, $6, $3, seq, owner_id, old_owner_id, frame))'
         ' FROM logged WHERE $4 <= 100', changed)
-    INTO announced USING op, ts, header, n;
+    INTO announced USING op, ts, header, n, ipad, opad;
     IF n > 100 THEN
-        PERFORM orderstream_announce_bulk(header);
+        PERFORM orderstream_announce_bulk(ipad, opad, header);
     END IF;
     RETURN NULL;
 END
@@ -223,14 +250,19 @@ DROP FUNCTION IF EXISTS orderstream_orders_deleted();
 -- TRUNCATE fires no row triggers: tell every session to reload, and expire every cursor
 -- taken before it (the change log cannot replay "everything vanished").
 CREATE OR REPLACE FUNCTION orderstream_orders_truncated()
-RETURNS trigger LANGUAGE plpgsql AS $$
+RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_catalog AS $$
 BEGIN
     UPDATE order_changes_horizon
     SET truncated_xid = greatest(truncated_xid, pg_current_xact_id());
-    PERFORM pg_notify('orders', 'truncate');
+    PERFORM pg_notify('orders', orderstream_signed(inner_pad, outer_pad, 'truncate'))
+    FROM notification_key;
     RETURN NULL;
 END
 $$;
+-- Only as triggers: a role that may create a trigger elsewhere must not borrow these to
+-- sign rows of its own.
+REVOKE ALL ON FUNCTION orderstream_orders_changed() FROM PUBLIC;
+REVOKE ALL ON FUNCTION orderstream_orders_truncated() FROM PUBLIC;
 
 DROP TRIGGER IF EXISTS orders_truncate ON orders;
 CREATE TRIGGER orders_truncate
@@ -304,21 +336,49 @@ CREATE TRIGGER web_sessions_ended
     AFTER DELETE ON web_sessions
     FOR EACH ROW EXECUTE FUNCTION orderstream_rights_changed();
 
--- Quotes: the frame itself is the payload on channel 'quotes'.
-CREATE OR REPLACE FUNCTION orderstream_quotes_notify()
+-- Quotes: the frame itself is the payload on channel 'quotes'. One function shapes a quote
+-- frame, for the trigger and for the snapshot a subscription or GET /api/quotes reads.
+CREATE OR REPLACE FUNCTION orderstream_quote_json(q quotes, ts numeric)
+RETURNS json LANGUAGE sql STABLE AS $$
+    SELECT json_build_object(
+        'type', 'quote',
+        'instrument', q.instrument,
+        'bid', q.bid::text,
+        'ask', q.ask::text,
+        'last', q.last::text,
+        'version', q.version,
+        'ts', ts)
+$$;
+
+-- A new version on every write, taken once the row is locked (so versions of one
+-- instrument rise in commit order); whatever a writer put in `version` is replaced.
+CREATE OR REPLACE FUNCTION orderstream_quotes_version()
 RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    PERFORM pg_notify('quotes', json_build_object(
-        'type', 'quote',
-        'instrument', NEW.instrument,
-        'bid', NEW.bid::text,
-        'ask', NEW.ask::text,
-        'last', NEW.last::text,
-        'ts', orderstream_now_ms()
-    )::text);
+    NEW.version := nextval('quote_version_seq');
+    IF TG_OP = 'UPDATE' AND NEW.updated_at IS NOT DISTINCT FROM OLD.updated_at THEN
+        NEW.updated_at := now();
+    END IF;
+    RETURN NEW;
+END
+$$;
+
+DROP TRIGGER IF EXISTS quotes_version ON quotes;
+CREATE TRIGGER quotes_version
+    BEFORE INSERT OR UPDATE ON quotes
+    FOR EACH ROW EXECUTE FUNCTION orderstream_quotes_version();
+
+-- Signed like the orders' notifications, as the owner (the writer cannot read the key).
+CREATE OR REPLACE FUNCTION orderstream_quotes_notify()
+RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_catalog AS $$
+BEGIN
+    PERFORM pg_notify('quotes', orderstream_signed(inner_pad, outer_pad,
+                      orderstream_quote_json(NEW, orderstream_now_ms())::text))
+    FROM notification_key;
     RETURN NULL;
 END
 $$;
+REVOKE ALL ON FUNCTION orderstream_quotes_notify() FROM PUBLIC;
 
 DROP TRIGGER IF EXISTS quotes_notify ON quotes;
 CREATE TRIGGER quotes_notify

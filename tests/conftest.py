@@ -74,16 +74,10 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@dataclass
-class ServerProcess:
-    """`python server.py serve` in a subprocess, as a user would run it."""
+class LocalAddress:
+    """The URLs of something serving orderstream on 127.0.0.1:`port` (a server, a proxy)."""
 
-    db_url: str
-    data_dir: Path
-    port: int = 0
-    workers: int = 1
-    process: subprocess.Popen[bytes] | None = None
-    extra_env: dict[str, str] | None = None
+    port: int
 
     @property
     def base_url(self) -> str:
@@ -92,6 +86,18 @@ class ServerProcess:
     @property
     def ws_url(self) -> str:
         return f"ws://127.0.0.1:{self.port}/ws"
+
+
+@dataclass
+class ServerProcess(LocalAddress):
+    """`python server.py serve` in a subprocess, as a user would run it."""
+
+    db_url: str
+    data_dir: Path
+    port: int = 0
+    workers: int = 1
+    process: subprocess.Popen[bytes] | None = None
+    extra_env: dict[str, str] | None = None
 
     def start(self, timeout: float = 30.0) -> None:
         self.port = self.port or free_port()
@@ -254,6 +260,17 @@ def _csrf_from(html: str) -> str:
     marker = 'name="csrf-token" content="'
     start = html.index(marker) + len(marker)
     return html[start:html.index('"', start)]
+
+
+@contextlib.contextmanager
+def running_server(db_url: str, data_dir: Path, **env: str) -> Iterator[ServerProcess]:
+    """A server of its own with extra ORDERSTREAM_* settings, stopped however the block ends."""
+    proc = ServerProcess(db_url, data_dir, extra_env=env)
+    proc.start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
 
 
 @pytest.fixture

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import importlib.metadata
 import os
 import re
 import subprocess
@@ -10,7 +12,8 @@ import sys
 import httpx
 import psycopg
 
-from tests.conftest import ROOT
+from tests.conftest import FAST_PASSWORDS, ROOT, free_port
+from tests.support.database import own_database
 
 
 def cli(db_url: str, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -71,3 +74,106 @@ def test_db_url_prints_the_database_in_use(db_url):
     assert result.returncode == 0 and result.stdout.strip() == db_url
     with psycopg.connect(result.stdout.strip()) as conn:
         assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+# -- a CLI people trust (issue 9) ------------------------------------------------------------
+
+
+def test_version_comes_from_the_package_metadata():
+    result = subprocess.run([sys.executable, "server.py", "--version"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"server.py {importlib.metadata.version('orderstream')}"
+
+
+def test_every_command_has_a_one_line_description():
+    from server import _parser
+
+    commands = next(action for action in _parser()._actions
+                    if isinstance(action, argparse._SubParsersAction))
+    assert {"serve", "migrate", "createuser", "token", "db-url", "db-stop"} <= set(
+        commands.choices)
+    summaries = {action.dest: action.help for action in commands._choices_actions}
+    for name, parser in commands.choices.items():
+        assert summaries[name] and "\n" not in summaries[name], name
+        assert parser.description, f"`server.py {name} --help` has no description"
+    shown = subprocess.run([sys.executable, "server.py", "token", "--help"], cwd=ROOT,
+                           capture_output=True, text=True, timeout=30)
+    assert "API token" in shown.stdout
+
+
+def test_ports_are_validated(db_url):
+    for flag in ("73736", "0", "-1", "http"):
+        result = cli(db_url, "serve", "--port", flag)
+        assert result.returncode == 2, flag
+        assert "argument --port" in result.stderr and "Traceback" not in result.stderr
+    from_environment = subprocess.run(
+        [sys.executable, "server.py", "token", "x"], cwd=ROOT, capture_output=True, text=True,
+        env={**os.environ, "DATABASE_URL": db_url, "ORDERSTREAM_PORT": "73736"}, timeout=30)
+    assert from_environment.returncode == 2
+    assert from_environment.stderr == "server.py: setting 'port': must be 1-65535, got 73736\n"
+
+
+def test_an_unreachable_database_is_one_line_and_exit_1():
+    closed = f"postgresql://postgres@127.0.0.1:{free_port()}/nothing"
+    commands = [["serve"], ["migrate"], ["createuser", "x", "--password-stdin"], ["token", "x"],
+                ["demo"], ["simulate"], ["bench", "--updates", "1"], ["--demo"]]
+    env = {**os.environ, "DATABASE_URL": closed}
+    runs = [subprocess.Popen([sys.executable, "server.py", *args], cwd=ROOT, env=env,
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True) for args in commands]
+    for args, run in zip(commands, runs, strict=True):
+        _, err = run.communicate("long-enough-1\n", timeout=60)
+        assert run.returncode == 1, (args, err)
+        assert err.count("\n") == 1 and err.startswith(
+            "server.py: cannot reach the database: "), (args, err)
+
+
+def test_createuser_reads_the_password_from_stdin(db_url):
+    name = f"stdin_{os.getpid()}"
+    made = cli(db_url, "createuser", name, "--password-stdin", stdin="long enough 1\nignored\n")
+    assert made.returncode == 0, made.stderr
+    with psycopg.connect(db_url) as conn:
+        row = conn.execute("SELECT password_hash FROM users WHERE username = %s",
+                           (name,)).fetchone()
+    assert row is not None and FAST_PASSWORDS.verify(row[0], "long enough 1")
+    empty = cli(db_url, "createuser", f"{name}_x", "--password-stdin", stdin="")
+    assert empty.returncode == 2 and "stdin is empty" in empty.stderr
+
+
+def test_createuser_without_a_terminal_or_password_says_so(db_url):
+    name = f"notty_{os.getpid()}"
+    result = cli(db_url, "createuser", name, stdin="")  # stdin is a pipe: no terminal
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "--password-stdin" in result.stderr
+    with psycopg.connect(db_url) as conn:
+        assert conn.execute("SELECT 1 FROM users WHERE username = %s", (name,)).fetchone() is None
+
+
+def test_commands_refuse_a_schema_behind(server_url):
+    with own_database(server_url, "behind") as url:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("UPDATE schema_state SET checksum = 'old' WHERE name = 'triggers.sql'")
+        for args in (["token", "x"], ["demo"], ["createuser", "x", "--password", "long-enough"]):
+            result = cli(url, *args)
+            assert result.returncode == 1, args
+            assert result.stderr == (
+                "server.py: the database schema is behind (db/triggers.sql changed); run "
+                "`python server.py migrate` or `serve --migrate`\n"), args
+        assert cli(url, "db-url").stdout.strip() == url  # only prints: psql still works
+        migrated = cli(url, "migrate")
+        assert migrated.returncode == 0 and "up to date" in migrated.stdout
+        assert cli(url, "migrate").stdout == "database is up to date\n"
+
+
+def test_which_serves_migrate_first():
+    from config import Settings
+    from server import _migrates_first, _parser
+
+    external, embedded = Settings(database_url="postgresql://db/x"), Settings()
+    parse = _parser().parse_args
+    assert not _migrates_first("serve", parse(["serve"]), external)
+    assert _migrates_first("serve", parse(["serve", "--migrate"]), external)
+    assert _migrates_first("serve", parse(["--demo"]), external)  # --demo implies --migrate
+    assert _migrates_first("serve", parse([]), embedded)  # the embedded database is yours alone
+    assert not _migrates_first("token", parse(["token", "x"]), embedded)

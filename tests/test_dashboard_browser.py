@@ -265,6 +265,8 @@ def seed_blotter(sql: psycopg.Connection, owner_id: int, count: int = 40) -> lis
         assert row is not None
         ids.append(int(row[0]))
     with sql.cursor() as cur:
+        cur.executemany("INSERT INTO instruments (symbol, name) VALUES (%s, %s)"
+                        " ON CONFLICT (symbol) DO NOTHING", [(n, n) for n in INSTRUMENTS])
         cur.executemany(
             "INSERT INTO quotes (instrument, bid, ask, last) VALUES (%s, %s, %s, %s)"
             " ON CONFLICT (instrument) DO UPDATE SET bid = excluded.bid, ask = excluded.ask,"

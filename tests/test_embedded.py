@@ -406,6 +406,34 @@ def test_keep_running_outlives_the_process(servers: MakeServer, shared_dir: Path
     assert not _alive(pid)
 
 
+def test_db_stop_command_stops_the_server_unless_in_use(
+    servers: MakeServer, shared_dir: Path
+) -> None:
+    """`server.py db-stop`: refuses while a process holds the server, stops it with --force
+    (or when only `db-url` started it), and says so when nothing runs."""
+    env = {k: v for k, v in _child_env().items() if k != "DATABASE_URL"}
+    env["ORDERSTREAM_DATA_DIR"] = str(shared_dir.parent)  # the server's data in <dir>/pg
+
+    def db_stop(*flags: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "server.py", "db-stop", *flags], cwd=ROOT,
+                              env=env, capture_output=True, text=True, timeout=60, check=False)
+
+    pg = servers(shared_dir)
+    pg.start()  # this process holds it, as a running `serve` would
+    pid = pg.pid
+    assert pid is not None
+    refused = db_stop()
+    assert refused.returncode == 1 and str(os.getpid()) in refused.stderr
+    assert "--force" in refused.stderr and refused.stderr.count("\n") == 1
+    assert _alive(pid)
+    forced = db_stop("--force")
+    assert forced.returncode == 0 and "stopped" in forced.stdout, forced.stderr
+    _wait_gone(pid)
+    pg.stop()
+    again = db_stop()
+    assert again.returncode == 0 and "not running" in again.stdout
+
+
 @pytest.mark.slow
 def test_processes_starting_at_once_share_one_server(servers: MakeServer, scratch: Path) -> None:
     fresh = (

@@ -38,8 +38,9 @@ from cli.users import create_token, create_user
 from db.embedded import database_url
 from db.migrate import migrate
 from tests.conftest import FAST_PASSWORDS, ServerProcess, insert_order
+from web.openapi import SPEC
 
-# Examples per operation, per generation mode, per role: 9 operations x 2 modes x 2 roles.
+# Examples per operation, per generation mode, per role (operations x 2 modes x 2 roles).
 EXAMPLES = int(os.environ.get("SCHEMATHESIS_EXAMPLES", "60"))
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
           response_schema_conformance, unsupported_method]
@@ -62,6 +63,10 @@ def api_server(server_url: str, tmp_path_factory: pytest.TempPathFactory
         user_id = create_user(url, FAST_PASSWORDS, username, secrets.token_urlsafe(12), staff)
         tokens[role] = create_token(url, username)
         with psycopg.connect(url, autocommit=True) as conn:
+            # DELETE /api/tokens/{token_id} at generated ids must not revoke the token the
+            # cases run with: move it to an id no generator will pick.
+            conn.execute("UPDATE api_tokens SET id = %s WHERE user_id = %s",
+                         (2**62 + secrets.randbelow(2**60), user_id))
             for i in range(3):
                 order_ids.append(insert_order(conn, user_id, f"S{role}{i}"))
     proc = ServerProcess(url, tmp_path_factory.mktemp("schemathesis"), extra_env={
@@ -111,7 +116,8 @@ def test_api_matches_its_schema(api_server, role: str) -> None:
                 check()
     print(f"\nschemathesis as {role}: {cases} cases over {operations} operations;"
           f" statuses {dict(sorted(statuses.items()))}")
-    assert operations == 9
+    assert operations == sum(method in ("get", "post", "patch", "delete")
+                             for path in SPEC["paths"].values() for method in path)
     assert not any(status >= 500 for status in statuses)
     # The token worked: some requests were served, not all refused as unauthenticated.
     assert statuses[200] > 0

@@ -45,7 +45,7 @@ MAX_VIOLATIONS = 20  # web/ws.py: refused frames beyond this close the socket (1
 BUDGET = 50
 FRAME_TYPES = {"error", "subscribed", "unsubscribed", "pong", "order", "quote", "resync"}
 ERROR_CODES = {"bad_json", "bad_request", "unknown_op", "forbidden", "too_large",
-               "unavailable"}
+               "unavailable", "unknown_instrument"}
 
 Frame = tuple[str, Any]  # ("text", str) | ("binary", bytes) | ("raw-text", bytes)
 

@@ -10,14 +10,7 @@ import pytest
 import websockets
 
 from tests.conftest import Socket, insert_order, open_socket
-
-
-def upsert_quote(sql, instrument: str, bid: str, ask: str, last: str) -> None:  # type: ignore[no-untyped-def]
-    sql.execute(
-        "INSERT INTO quotes (instrument, bid, ask, last) VALUES (%s, %s, %s, %s)"
-        " ON CONFLICT (instrument) DO UPDATE SET bid = EXCLUDED.bid, ask = EXCLUDED.ask,"
-        " last = EXCLUDED.last, updated_at = now()",
-        (instrument, bid, ask, last))
+from tests.support.market import make_instrument, upsert_quote
 
 
 async def assert_alive(ws: Socket) -> None:
@@ -109,6 +102,8 @@ async def test_unsubscribe_without_subscription_is_harmless(server, make_user):
 async def test_quotes_reach_subscribers_of_that_instrument_only(server, make_user, sql):
     tag = secrets.token_hex(3).upper()
     wanted, other = f"QA{tag}", f"QB{tag}"
+    make_instrument(sql, wanted)
+    make_instrument(sql, other)
     async with (
         open_socket(server, make_user()) as ws,
         open_socket(server, make_user()) as other_ws,
@@ -141,7 +136,7 @@ async def test_quotes_reach_subscribers_of_that_instrument_only(server, make_use
 
 async def test_quote_subscription_gets_a_snapshot_then_unsubscribe_stops_it(server, make_user,
                                                                             sql):
-    instrument = f"QS{secrets.token_hex(3).upper()}"
+    instrument = make_instrument(sql)
     upsert_quote(sql, instrument, "5.00", "5.10", "5.05")
     async with open_socket(server, make_user()) as ws:
         await ws.send({"op": "subscribe", "channel": "quotes", "instruments": [instrument]})

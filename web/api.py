@@ -11,7 +11,8 @@ from starlette.routing import Route
 from db import queries
 from web.connections import reading, writing
 from web.errors import ApiError
-from web.guard import api_user
+from web.etag import etag, if_match, if_none_match
+from web.guard import api_user, path_id
 from web.listing import datatables_query, plain_query
 from web.order_input import json_object, order_values
 
@@ -25,15 +26,7 @@ class RawJSONResponse(Response):
 
 
 def _order_id(request: Request) -> int:
-    raw = request.path_params["order_id"]
-    # Plain ASCII digits only: int() would also take "+7", " 7", "7_0" and Arabic-Indic
-    # digits (and refuses more than 4300 digits).
-    if not (raw.isascii() and raw.isdigit()) or len(raw) > 20:
-        raise ApiError(404, "not_found", f"no order {raw!r}")
-    order_id = int(raw)
-    if not 1 <= order_id <= 2**63 - 1:
-        raise ApiError(404, "not_found", f"no order {raw!r}")
-    return order_id
+    return path_id(request, "order_id", "order")
 
 
 async def _list_params(request: Request) -> dict[str, str]:
@@ -87,8 +80,9 @@ async def create_order(request: Request) -> Response:
     values, _ = order_values(data, creating=True, may_set_owner=user.is_staff)
     values.setdefault("owner_id", user.id)
     async with writing(request) as db:
-        order = await queries.create_order(db, values)
-    return RawJSONResponse(order, status_code=201)
+        order_id, order, version = await queries.create_order(db, values)
+    return RawJSONResponse(order, status_code=201,
+                           headers={"Location": f"/api/orders/{order_id}", "ETag": etag(version)})
 
 
 async def get_order(request: Request) -> Response:
@@ -96,10 +90,22 @@ async def get_order(request: Request) -> Response:
     order_id = _order_id(request)
     scope = None if user.is_staff else user.id
     async with reading(request) as db:
-        order = await queries.get_order(db, order_id, scope)
-    if order is None:
+        found = await queries.get_order(db, order_id, scope)
+    if found is None:
         raise ApiError(404, "not_found", f"no order {order_id}")
-    return RawJSONResponse(order)
+    order, version = found
+    headers = {"ETag": etag(version)}
+    if if_none_match(request, version):
+        return Response(status_code=304, headers=headers)
+    return RawJSONResponse(order, headers=headers)
+
+
+def _precondition_failed(order_id: int, current: int) -> ApiError:
+    return ApiError(412, "precondition_failed",
+                    f"order {order_id} is at version {current} ({etag(current)}),"
+                    " which If-Match does not name; nothing was changed",
+                    {"If-Match": f"the current ETag is {etag(current)}"},
+                    headers={"ETag": etag(current)})
 
 
 async def update_order(request: Request) -> Response:
@@ -107,25 +113,37 @@ async def update_order(request: Request) -> Response:
     order_id = _order_id(request)
     data = await json_object(request)
     values, expected = order_values(data, creating=False, may_set_owner=user.is_staff)
+    versions = if_match(request)
     scope = None if user.is_staff else user.id
     async with writing(request) as db:
-        order = await queries.update_order(db, order_id, scope, values, expected)
-        current = None if order is not None else await queries.order_version(db, order_id, scope)
-    if order is None:
+        updated = await queries.update_order(db, order_id, scope, values, expected, versions)
+        current = None if updated is not None else await queries.order_version(
+            db, order_id, scope)
+    if updated is None:
         if current is None:
             raise ApiError(404, "not_found", f"no order {order_id}")
+        if versions is not None and current not in versions:
+            raise _precondition_failed(order_id, current)
         raise ApiError(409, "conflict", f"order {order_id} is at version {current}, not {expected}",
                        {"version": f"is {current}"})
-    return RawJSONResponse(order)
+    order, version = updated
+    return RawJSONResponse(order, headers={"ETag": etag(version)})
 
 
 async def delete_order(request: Request) -> Response:
     user = api_user(request)
     order_id = _order_id(request)
+    versions = if_match(request)
+    scope = None if user.is_staff else user.id
     async with writing(request) as db:
-        deleted = await queries.delete_order(db, order_id, None if user.is_staff else user.id)
+        deleted = await queries.delete_order(db, order_id, scope, versions)
+        current = None if deleted else await queries.order_version(db, order_id, scope)
     if not deleted:
-        raise ApiError(404, "not_found", f"no order {order_id}")
+        if current is None:
+            raise ApiError(404, "not_found", f"no order {order_id}")
+        raise _precondition_failed(order_id, current)
+    # No ETag: a deleted order has no representation left to tag. The delete event on
+    # /ws carries the version it deleted.
     return Response(status_code=204)
 
 

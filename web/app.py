@@ -24,10 +24,12 @@ from starlette_login.middleware import AuthenticationMiddleware
 
 import config
 from db.changelog import ChangeLog, upkeep
+from db.failures import CONNECTION_ERRORS
 from db.listener import Listener
 from db.pool import ApiPool, PoolBusy, create_pool
-from web import api, openapi, ops, pages, users_api, ws
+from web import api, openapi, ops, pages, quotes_api, tokens_api, users_api, ws
 from web.auth import TokenOrSessionBackend, load_user
+from web.body import BodyLimit
 from web.errors import (
     ApiError,
     api_error_handler,
@@ -35,8 +37,10 @@ from web.errors import (
     http_error_handler,
     pool_busy_handler,
     unexpected_error_handler,
+    unreachable_handler,
 )
 from web.hub import Hub
+from web.metrics import CounterSync, counter_sync
 from web.passwords import Passwords
 from web.shutdown import close_sockets_on_signal
 from web.throttle import LoginThrottle
@@ -102,6 +106,7 @@ class State(TypedDict):
     listener: Listener
     passwords: Passwords
     login_throttle: LoginThrottle
+    metrics: CounterSync
 
 
 def create_app(settings: config.Settings, database_url: str) -> Starlette:
@@ -132,13 +137,18 @@ def create_app(settings: config.Settings, database_url: str) -> Starlette:
                 upkeep(pool, settings.change_log_retention_hours * 3600, SESSION_MAX_AGE),
                 name="upkeep")
             stack.callback(pruner.cancel)
+            metrics = counter_sync(hub, listener)
+            syncer = asyncio.create_task(metrics.run(), name="metrics")
+            stack.callback(syncer.cancel)
             yield State(
                 settings=settings,
                 pool=pool,
                 hub=hub,
                 listener=listener,
-                passwords=Passwords(settings.argon2_time_cost, settings.argon2_memory_cost_kib),
+                passwords=Passwords(settings.argon2_time_cost, settings.argon2_memory_cost_kib,
+                                    settings.password_hash_concurrency),
                 login_throttle=LoginThrottle(settings.login_max_failures),
+                metrics=metrics,
             )
 
     secret = config.secret_key(settings)
@@ -150,6 +160,8 @@ def create_app(settings: config.Settings, database_url: str) -> Starlette:
         *pages.routes,
         *api.routes,
         *users_api.routes,
+        *tokens_api.routes,
+        *quotes_api.routes,
         *openapi.routes,
         *ops.routes,
         *ws.routes,
@@ -158,6 +170,7 @@ def create_app(settings: config.Settings, database_url: str) -> Starlette:
     middleware = [
         Middleware(ws.KeepRawSend),
         Middleware(SecurityHeaders),
+        Middleware(BodyLimit),  # before sessions and auth: a 413 costs no database query
         Middleware(Sessions, secret_key=secret, secure=settings.cookie_secure),
         Middleware(AuthenticationMiddleware, backend=TokenOrSessionBackend(login_manager),
                    login_manager=login_manager, excluded_dirs=["/static", "/healthz", "/metrics"]),
@@ -167,6 +180,8 @@ def create_app(settings: config.Settings, database_url: str) -> Starlette:
         PoolBusy: pool_busy_handler,
         HTTPException: http_error_handler,
         asyncpg.PostgresError: database_error_handler,
+        # Raised by a lost or refused connection (PoolBusy, an OSError, has its own above).
+        **{kind: unreachable_handler for kind in CONNECTION_ERRORS},
         Exception: unexpected_error_handler,
     }
     app = Starlette(routes=routes, middleware=middleware,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import asyncpg
@@ -12,7 +13,10 @@ from starlette_login.login_manager import LoginManager
 from starlette_login.mixins import AnonymousUser, UserMixin
 
 from db import queries
-from db.pool import PoolBusy
+from db.failures import CONNECTION_ERRORS
+from web.subprotocol import bearer_token
+
+log = logging.getLogger(__name__)
 
 # scope["auth_method"]: how the current request authenticated; CSRF applies to "session" only.
 AUTH_METHOD = "auth_method"
@@ -69,15 +73,20 @@ class TokenOrSessionBackend(AuthenticationBackend):
     async def authenticate(self, conn: HTTPConnection) -> tuple[AuthCredentials, BaseUser]:
         try:
             return await self._authenticate(conn)
-        except (PoolBusy, asyncpg.PostgresError) as exc:
+        except (asyncpg.PostgresError, *CONNECTION_ERRORS) as exc:
             # Raised here, in a middleware, it would bypass the error handlers and answer
             # 500. The request goes on unauthenticated instead and the route answers the
             # failure (see auth_failure), as it answers its own database errors.
+            log.warning("could not authenticate %s: %s: %s", conn.url.path,
+                        type(exc).__name__, exc)
             conn.scope[AUTH_FAILURE] = exc
             return AuthCredentials(), AnonymousUser()
 
     async def _authenticate(self, conn: HTTPConnection) -> tuple[AuthCredentials, BaseUser]:
         header = conn.headers.get("authorization")
+        offered_token = bearer_token(conn.scope) if header is None else None
+        if offered_token is not None:  # a browser page's token, as a WebSocket subprotocol
+            header = f"Bearer {offered_token}"
         if header is not None:
             conn.scope[AUTH_METHOD] = "token"
             scheme, _, token = header.partition(" ")
@@ -100,6 +109,7 @@ def current_user(conn: HTTPConnection) -> WebUser | None:
     return user if isinstance(user, WebUser) else None
 
 
-def auth_failure(conn: HTTPConnection) -> PoolBusy | asyncpg.PostgresError | None:
-    """The database error that kept this request from being authenticated, if any."""
+def auth_failure(conn: HTTPConnection) -> Exception | None:
+    """The database error that kept this request from being authenticated, if any
+    (PoolBusy, a PostgresError, or a lost or refused connection)."""
     return conn.scope.get(AUTH_FAILURE)

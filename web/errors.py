@@ -1,8 +1,8 @@
 """The one JSON error shape, the domain error that carries it, and the handlers.
 
 Every error the API returns is {"error": {"code", "message", "fields"?}} with a
-4xx status, or 503 (with Retry-After) when the database is too busy to answer in time;
-database errors are translated here, at the edge.
+4xx status, or 503 (with Retry-After) when the database is too busy to answer in time or
+cannot be reached; database errors are translated here, at the edge.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
+from db.failures import unreachable
 from db.pool import PoolBusy
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,30 @@ def busy_error(exc: PoolBusy) -> ApiError:
     """503 for a request that got no database connection (or write slot) in time."""
     return ApiError(503, "busy", f"the server is busy: {exc}; retry shortly",
                     headers=RETRY_AFTER)
+
+
+def unavailable_error() -> ApiError:
+    """503 for a request the database could not serve: closed to connections, down,
+    restarting, or it dropped the connection mid-query."""
+    return ApiError(503, "unavailable", "the database is unavailable; retry shortly",
+                    headers=RETRY_AFTER)
+
+
+def failure_error(exc: BaseException) -> ApiError:
+    """The 503 for a database failure met before a route ran (authenticating, say)."""
+    if isinstance(exc, PoolBusy):
+        return busy_error(exc)
+    if isinstance(exc, asyncpg.QueryCanceledError):
+        return ApiError(503, "timeout", "the database cancelled the query; retry shortly",
+                        headers=RETRY_AFTER)
+    return unavailable_error()
+
+
+async def unreachable_handler(request: Request, exc: Exception) -> Response:
+    """The database could not be reached or dropped the connection: 503, one log line."""
+    log.warning("database unavailable on %s %s: %s: %s", request.method, request.url.path,
+                type(exc).__name__, exc)
+    return await api_error_handler(request, unavailable_error())
 
 
 async def pool_busy_handler(request: Request, exc: Exception) -> Response:
@@ -106,6 +131,8 @@ async def http_error_handler(request: Request, exc: Exception) -> Response:
 
 async def database_error_handler(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, asyncpg.PostgresError)
+    if unreachable(exc):
+        return await unreachable_handler(request, exc)
     constraint = getattr(exc, "constraint_name", None)
     field = _CONSTRAINT_FIELDS.get(constraint or "")
     fields = {field[0]: field[1]} if field else None
@@ -130,7 +157,8 @@ async def database_error_handler(request: Request, exc: Exception) -> Response:
         return error_response(503, "timeout", f"the database cancelled the query: {why};"
                               " retry shortly", headers=RETRY_AFTER)
     log.exception("database error on %s %s", request.method, request.url.path)
-    return error_response(503, "database_error", "the database could not complete the request")
+    return error_response(503, "database_error", "the database could not complete the request",
+                          headers=RETRY_AFTER)
 
 
 def _locked_what(request: Request) -> str:
@@ -150,5 +178,7 @@ async def unexpected_error_handler(request: Request, exc: Exception) -> Response
         return await api_error_handler(request, busy_error(exc))
     if isinstance(exc, asyncpg.PostgresError):
         return await database_error_handler(request, exc)
+    if unreachable(exc):
+        return await unreachable_handler(request, exc)
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return error_response(500, "internal_error", "internal error")

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from starlette.requests import Request
 
-from db.pool import PoolBusy
 from web.auth import AUTH_METHOD, WebUser, auth_failure, current_user
 from web.csrf import HEADER, SAFE_METHODS, csrf_valid
-from web.errors import ApiError, busy_error
+from web.errors import ApiError, failure_error
 
 
 def api_user(request: Request, staff: bool = False) -> WebUser:
@@ -17,12 +16,14 @@ def api_user(request: Request, staff: bool = False) -> WebUser:
     """
     failure = auth_failure(request)
     if failure is not None:  # not "unauthorized": the database could not tell
-        raise busy_error(failure) if isinstance(failure, PoolBusy) else failure
+        raise failure_error(failure)
     user = current_user(request)
     if user is None:
         if request.scope.get(AUTH_METHOD) == "token" or "authorization" in request.headers:
-            raise ApiError(401, "unauthorized", "invalid or revoked API token")
-        raise ApiError(401, "unauthorized", "log in or send Authorization: Bearer <token>")
+            raise ApiError(401, "unauthorized", "invalid or revoked API token",
+                           headers=www_authenticate(request))
+        raise ApiError(401, "unauthorized", "log in or send Authorization: Bearer <token>",
+                       headers=www_authenticate(request))
     if (
         request.method not in SAFE_METHODS
         and request.scope.get(AUTH_METHOD) == "session"
@@ -32,3 +33,23 @@ def api_user(request: Request, staff: bool = False) -> WebUser:
     if staff and not user.is_staff:
         raise ApiError(404, "not_found", "not found")
     return user
+
+
+def www_authenticate(request: Request) -> dict[str, str]:
+    """The challenge every 401 carries (RFC 6750): a bearer token was sent and refused
+    says error="invalid_token"; no credentials at all, just the scheme."""
+    scheme = request.headers.get("authorization", "").partition(" ")[0].lower()
+    if scheme == "bearer":
+        return {"WWW-Authenticate": 'Bearer realm="orderstream", error="invalid_token",'
+                                    ' error_description="invalid or revoked API token"'}
+    return {"WWW-Authenticate": 'Bearer realm="orderstream"'}
+
+
+def path_id(request: Request, name: str, what: str) -> int:
+    """A positive bigint path parameter; anything else is a 404 naming the value."""
+    raw = request.path_params[name]
+    # Plain ASCII digits only: int() would also take "+7", " 7", "7_0" and Arabic-Indic
+    # digits (and refuses more than 4300 digits).
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 20 or not 1 <= int(raw) <= 2**63 - 1:
+        raise ApiError(404, "not_found", f"no {what} {raw!r}")
+    return int(raw)

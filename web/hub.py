@@ -60,6 +60,10 @@ class Hub:
         finally:
             self._remove(sub)
 
+    def sockets_of(self, user_id: int) -> int:
+        """How many sockets of this user are registered in this process."""
+        return len(self._by_user.get(user_id, ()))
+
     def _remove(self, sub: Subscriber) -> None:
         mine = self._by_user.get(sub.user_id)
         if mine is not None:
@@ -100,12 +104,21 @@ class Hub:
         sub.orders_key = None
 
     def subscribe_quotes(self, sub: Subscriber, instruments: frozenset[str]) -> None:
-        self.unsubscribe_quotes(sub)
+        """Route quotes of `instruments` to `sub`, replacing its previous quotes
+        subscription; quotes of the instruments it keeps stay pending."""
+        self._unroute_quotes(sub)
         for instrument in instruments:
             self._by_instrument.setdefault(instrument, set()).add(sub)
         sub.instruments = instruments
+        sub.quotes_generation += 1
+        sub.queue.quotes.keep_only(instruments)
 
     def unsubscribe_quotes(self, sub: Subscriber) -> None:
+        self._unroute_quotes(sub)
+        sub.quotes_generation += 1
+        sub.queue.quotes.clear()
+
+    def _unroute_quotes(self, sub: Subscriber) -> None:
         for instrument in sub.instruments:
             subscribers = self._by_instrument.get(instrument)
             if subscribers is not None:
@@ -172,15 +185,17 @@ class Hub:
         sub.catch_up = asyncio.create_task(catch_up(self, sub, sub.generation),
                                            name=f"catch-up-{sub.user_id}")
 
-    def publish_quote(self, instrument: str, frame: str) -> None:
+    def publish_quote(self, instrument: str, version: int, frame: str) -> None:
+        """Offer a quote to the subscribers of its instrument: each holds only the newest
+        unsent one (web/quotes.py), so a slow reader costs nothing and gets the latest."""
         self.counters.quotes_received += 1
         for sub in self._by_instrument.get(instrument, ()):
-            if sub.closing:
-                continue
-            if sub.queue.fits(frame):
-                sub.queue.put(frame)
-            else:
-                self.counters.quotes_dropped += 1
+            if not sub.closing and sub.queue.put_quote(instrument, version, frame):
+                self.counters.quotes_dropped += 1  # a pending quote was replaced
+
+    def quote_instruments(self) -> list[str]:
+        """The instruments some subscriber follows."""
+        return sorted(self._by_instrument)
 
     def resync_all(self, reason: str) -> None:
         """Tell every orders subscriber to reload (TRUNCATE: the log cannot replay it)."""

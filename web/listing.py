@@ -5,9 +5,10 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-from db.queries import SEARCH_COLUMNS, SORT_COLUMNS, OrderQuery
+from db.queries import EXACT_COLUMNS, SEARCH_COLUMNS, SORT_COLUMNS, OrderQuery
 from web.auth import WebUser
 from web.errors import ApiError
+from web.order_input import MAX_INSTRUMENT, SIDES, STATUSES
 
 DEFAULT_LIMIT = 50
 MAX_OFFSET = 10**9
@@ -65,6 +66,31 @@ def owner_scope(user: WebUser, params: Mapping[str, str]) -> int | None:
     return owner
 
 
+# Exact filters with a closed set of values; the others (instrument) take any short text.
+EXACT_CHOICES: dict[str, tuple[str, ...]] = {"status": STATUSES, "side": SIDES}
+
+
+def exact_filters(params: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+    """status=, side=, instrument=: each an exact, case-sensitive match; empty means absent."""
+    equals: list[tuple[str, str]] = []
+    for name in EXACT_COLUMNS:
+        value = params.get(name)
+        if value is None or value == "":
+            continue
+        choices = EXACT_CHOICES.get(name)
+        if choices is not None and value not in choices:
+            raise ApiError(400, "bad_request",
+                           f"{name} must be one of {', '.join(choices)}; got {value!r}",
+                           {name: f"must be one of {', '.join(choices)}"})
+        if choices is None and (len(value) > MAX_INSTRUMENT or not value.isprintable()):
+            raise ApiError(400, "bad_request",
+                           f"{name} must be 1-{MAX_INSTRUMENT} printable characters;"
+                           f" got {value[:80]!r}",
+                           {name: f"1-{MAX_INSTRUMENT} printable characters"})
+        equals.append((name, value))
+    return tuple(equals)
+
+
 def parse_sort(raw: str | None) -> tuple[tuple[str, bool], ...]:
     if raw is None or not raw.strip():
         return (("id", True),)
@@ -90,6 +116,7 @@ def plain_query(user: WebUser, params: Mapping[str, str], max_page: int) -> Orde
         offset=_int(params, "offset", 0, 0, MAX_OFFSET),
         sort=parse_sort(params.get("sort")),
         words=_words(params.get("q", "")),
+        equals=exact_filters(params),
     )
 
 
@@ -163,4 +190,5 @@ def datatables_query(user: WebUser, params: Mapping[str, str], max_page: int
         words=_words(params.get("search[value]", ""), "search[value]"),
         search_columns=tuple(searchable) if columns else tuple(SEARCH_COLUMNS),
         column_filters=column_filters,
+        equals=exact_filters(params),
     )

@@ -17,6 +17,7 @@ from web.order_input import (
     SIDES,
     STATUSES,
 )
+from web.tokens_api import MAX_NAME as MAX_TOKEN_NAME
 
 _DECIMAL = {"type": "string", "pattern": r"^-?\d+(\.\d+)?$", "examples": ["101.25"]}
 _SORT_KEY = "[-+]?(" + "|".join(SORT_COLUMNS) + ")"
@@ -25,9 +26,11 @@ _ERROR = {"$ref": "#/components/schemas/Error"}
 
 
 _RETRY_AFTER = {"Retry-After": {
-    "description": "seconds to wait before retrying (a locked row, a busy database)",
+    "description": "seconds to wait before retrying (a locked row, a busy or unreachable"
+                   " database)",
     "schema": {"type": "integer", "minimum": 0}}}
-# Every operation may meet a busy database: 503 with Retry-After ("busy", "timeout").
+# Every operation may meet a busy or unreachable database: 503 with Retry-After ("busy",
+# "timeout", "unavailable").
 _BUSY = 503
 
 
@@ -51,6 +54,24 @@ _ORDER_ID = {"name": "order_id", "in": "path", "required": True,
              "schema": {"type": "integer", "minimum": 1}}
 _USER_ID = {"name": "user_id", "in": "path", "required": True,
             "schema": {"type": "integer", "minimum": 1}}
+_TOKEN_ID = {"name": "token_id", "in": "path", "required": True,
+             "schema": {"type": "integer", "minimum": 1}}
+_LOCATION = {"Location": {"description": "the new resource, for GET",
+                          "schema": {"type": "string"}}}
+_ETAG = {"ETag": {"description": 'the order\'s version as a strong entity-tag, such as "3"',
+                  "schema": {"type": "string"}}}
+_IF_MATCH = {"name": "If-Match", "in": "header",
+             "description": 'change only if the order is at one of these ETags ("3", or "*" for'
+                            " any version); otherwise 412 and nothing changes. Weak tags never"
+                            " match; a malformed value is a 400.",
+             "schema": {"type": "string"}}
+_IF_NONE_MATCH = {"name": "If-None-Match", "in": "header",
+                  "description": "304 (no body) if the order is still at this ETag",
+                  "schema": {"type": "string"}}
+
+
+def _with_headers(response: dict[str, Any], headers: dict[str, Any]) -> dict[str, Any]:
+    return {**response, "headers": headers}
 
 _ORDER_INPUT_PROPS: dict[str, Any] = {
     "instrument": {"type": "string", "minLength": 1, "maxLength": MAX_INSTRUMENT},
@@ -64,6 +85,15 @@ _ORDER_INPUT_PROPS: dict[str, Any] = {
     "owner_id": {"type": "integer", "minimum": 1, "description": "staff only"},
 }
 
+_TIME_OR_NULL = {"type": ["string", "null"], "format": "date-time"}
+_TOKEN: dict[str, Any] = {
+    "type": "object", "required": ["id", "name", "created_at", "last_used_at"],
+    "properties": {"id": {"type": "integer"}, "name": {"type": "string"},
+                   "created_at": {"type": "string", "format": "date-time"},
+                   "last_used_at": {**_TIME_OR_NULL,
+                                    "description": "updated at most once a minute"}},
+}
+
 SPEC: dict[str, Any] = {
     "openapi": "3.1.0",
     "info": {
@@ -72,7 +102,10 @@ SPEC: dict[str, Any] = {
         "description": "Orders in PostgreSQL, live over /ws. Regular users see only their own "
                        "orders (another user's order id answers 404); staff see all. Cookie "
                        "sessions must send X-CSRF-Token on unsafe requests; programs use "
-                       "Authorization: Bearer <token> from `python server.py token NAME`.",
+                       "Authorization: Bearer <token> from `python server.py token NAME` or "
+                       "POST /api/tokens. Every 401 carries WWW-Authenticate: Bearer. An "
+                       "order's ETag is its version (\"3\"); PATCH and DELETE take If-Match "
+                       "(412 when stale, 400 when malformed). Every 201 carries Location.",
     },
     "servers": [{"url": "/"}],
     "security": [{"bearer": []}, {"cookie": []}],
@@ -95,6 +128,16 @@ SPEC: dict[str, Any] = {
                      "schema": {"type": "string", "maxLength": 200}},
                     {"name": "owner", "in": "query", "description": "staff only: a user id or *",
                      "schema": {"type": "string", "pattern": r"^(\*|[1-9][0-9]{0,17})$"}},
+                    {"name": "status", "in": "query",
+                     "description": "exact status (q=filled also finds partially_filled;"
+                                    " status=filled does not)",
+                     "schema": {"type": "string", "enum": list(STATUSES)}},
+                    {"name": "side", "in": "query", "description": "exact side",
+                     "schema": {"type": "string", "enum": list(SIDES)}},
+                    {"name": "instrument", "in": "query",
+                     "description": "exact instrument, case-sensitive",
+                     "schema": {"type": "string", "minLength": 1,
+                                "maxLength": MAX_INSTRUMENT}},
                     {"name": "format", "in": "query",
                      "schema": {"type": "string", "enum": ["datatables"]}},
                 ],
@@ -111,31 +154,62 @@ SPEC: dict[str, Any] = {
                 "requestBody": {"required": True, "content": {"application/json": {"schema": {
                     "type": "object", "required": ["instrument", "quantity", "price"],
                     "properties": _ORDER_INPUT_PROPS, "additionalProperties": False}}}},
-                "responses": {"201": _json({"$ref": "#/components/schemas/Order"}, "created"),
-                              **_errors(400, 401, 403, 409, 413, 415, 422)},
+                "responses": {"201": _with_headers(
+                    _json({"$ref": "#/components/schemas/Order"}, "created"),
+                    {**_LOCATION, **_ETAG}), **_errors(400, 401, 403, 409, 413, 415, 422)},
             },
         },
         "/api/orders/{order_id}": {
             "parameters": [_ORDER_ID],
             "get": {"operationId": "getOrder",
-                    "responses": {"200": _json({"$ref": "#/components/schemas/Order"}),
-                                  **_errors(401, 404)}},
+                    "parameters": [_IF_NONE_MATCH],
+                    "responses": {"200": _with_headers(
+                        _json({"$ref": "#/components/schemas/Order"}), _ETAG),
+                        "304": {"description": "not modified", "headers": _ETAG},
+                        **_errors(400, 401, 404)}},
             "patch": {
                 "operationId": "updateOrder",
-                "summary": "Change some fields; send `version` to refuse (409) if it moved on. "
-                           "A row held by another transaction answers 409 `locked` with "
-                           "Retry-After once `api_lock_timeout_ms` has passed.",
+                "summary": "Change some fields; send If-Match (412) or `version` (409) to "
+                           "refuse if it moved on. A row held by another transaction answers "
+                           "409 `locked` with Retry-After once `api_lock_timeout_ms` has passed.",
+                "parameters": [_IF_MATCH],
                 "requestBody": {"required": True, "content": {"application/json": {"schema": {
                     "type": "object",
                     "properties": {**_ORDER_INPUT_PROPS,
                                    "version": {"type": "integer", "minimum": 1}},
                     "additionalProperties": False}}}},
-                "responses": {"200": _json({"$ref": "#/components/schemas/Order"}),
-                              **_errors(400, 401, 403, 404, 409, 413, 415, 422)},
+                "responses": {"200": _with_headers(
+                    _json({"$ref": "#/components/schemas/Order"}), _ETAG),
+                    **_errors(400, 401, 403, 404, 409, 412, 413, 415, 422)},
             },
             "delete": {"operationId": "deleteOrder",
+                       "parameters": [_IF_MATCH],
                        "responses": {"204": {"description": "deleted"},
-                                     **_errors(401, 403, 404, 409)}},
+                                     **_errors(400, 401, 403, 404, 409, 412)}},
+        },
+        "/api/quotes": {
+            "get": {
+                "operationId": "listQuotes",
+                "summary": "instruments with their current quote; unknown names are listed"
+                           " under unknown, not refused",
+                "parameters": [{"name": "instruments", "in": "query",
+                                "description": "comma-separated symbols (at most 200);"
+                                               " absent: every instrument (at most 1000)",
+                                "schema": {"type": "string"}}],
+                "responses": {"200": _json({"$ref": "#/components/schemas/QuotePage"}),
+                              **_errors(400, 401)},
+            },
+        },
+        "/api/pnl": {
+            "get": {
+                "operationId": "unrealisedPnl",
+                "summary": "unrealised P&L of all your filled and partially filled orders",
+                "responses": {"200": _json({
+                    "type": "object", "required": ["total", "priced", "unpriced"],
+                    "properties": {"total": _DECIMAL, "priced": {"type": "integer"},
+                                   "unpriced": {"type": "integer"}}}),
+                    **_errors(401)},
+            },
         },
         "/api/users": {
             "get": {"operationId": "listUsers", "summary": "staff only",
@@ -150,12 +224,16 @@ SPEC: dict[str, Any] = {
                                    "password": {"type": "string", "minLength": 8},
                                    "is_staff": {"type": "boolean"}},
                     "additionalProperties": False}}}},
-                "responses": {"201": _json({"$ref": "#/components/schemas/User"}, "created"),
-                              **_errors(400, 401, 403, 404, 409, 413, 415, 422)},
+                "responses": {"201": _with_headers(
+                    _json({"$ref": "#/components/schemas/User"}, "created"), _LOCATION),
+                    **_errors(400, 401, 403, 404, 409, 413, 415, 422)},
             },
         },
         "/api/users/{user_id}": {
             "parameters": [_USER_ID],
+            "get": {"operationId": "getUser", "summary": "staff only",
+                    "responses": {"200": _json({"$ref": "#/components/schemas/User"}),
+                                  **_errors(401, 404)}},
             "patch": {
                 "operationId": "updateUser", "summary": "staff only: make staff, reset password",
                 "requestBody": {"required": True, "content": {"application/json": {"schema": {
@@ -172,6 +250,36 @@ SPEC: dict[str, Any] = {
             "delete": {"operationId": "revokeTokens", "summary": "staff only",
                        "responses": {"200": _json({"type": "object", "properties": {
                            "revoked": {"type": "integer"}}}), **_errors(401, 403, 404, 409)}},
+        },
+        "/api/tokens": {
+            "get": {"operationId": "listTokens", "summary": "your own active API tokens",
+                    "responses": {"200": _json({"type": "object", "required": ["items"],
+                                                "properties": {"items": {
+                                                    "type": "array", "items": _TOKEN}}}),
+                                  **_errors(401)}},
+            "post": {
+                "operationId": "createToken",
+                "summary": "a new API token for yourself; the secret (`token`) is in this "
+                           "answer only",
+                "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                    "type": "object", "required": ["name"],
+                    "properties": {"name": {"type": "string", "minLength": 1,
+                                            "maxLength": MAX_TOKEN_NAME}},
+                    "additionalProperties": False}}}},
+                "responses": {"201": _with_headers(_json({"$ref": "#/components/schemas/NewToken"},
+                                                         "created"), _LOCATION),
+                              **_errors(400, 401, 403, 409, 413, 415, 422)},
+            },
+        },
+        "/api/tokens/{token_id}": {
+            "parameters": [_TOKEN_ID],
+            "get": {"operationId": "getToken", "summary": "one of your own active tokens",
+                    "responses": {"200": _json(_TOKEN), **_errors(401, 404)}},
+            "delete": {"operationId": "revokeToken",
+                       "summary": "revoke one of your own tokens: its sockets close (1008) and "
+                                  "it answers 401 from then on; another user's token is a 404",
+                       "responses": {"204": {"description": "revoked"},
+                                     **_errors(401, 403, 404, 409)}},
         },
     },
     "components": {
@@ -210,12 +318,38 @@ SPEC: dict[str, Any] = {
                                "data": {"type": "array", "items": {"type": "object"}},
                                "seq": {"type": "integer"}},
             },
+            "Quote": {
+                "type": "object",
+                "required": ["instrument", "name", "tick_size", "bid", "ask", "last", "version",
+                             "ts"],
+                "properties": {
+                    "instrument": {"type": "string"}, "name": {"type": "string"},
+                    "tick_size": _DECIMAL,
+                    "bid": {"anyOf": [_DECIMAL, {"type": "null"}]},
+                    "ask": {"anyOf": [_DECIMAL, {"type": "null"}]},
+                    "last": {"anyOf": [_DECIMAL, {"type": "null"}]},
+                    "version": {"type": ["integer", "null"],
+                                "description": "rises with every write of the quote"},
+                    "ts": {"type": ["number", "null"], "description": "epoch ms of the update"},
+                },
+            },
+            "QuotePage": {
+                "type": "object", "required": ["items", "unknown"],
+                "properties": {"items": {"type": "array",
+                                         "items": {"$ref": "#/components/schemas/Quote"}},
+                               "unknown": {"type": "array", "items": {"type": "string"}}},
+            },
             "User": {
                 "type": "object",
                 "properties": {"id": {"type": "integer"}, "username": {"type": "string"},
                                "is_staff": {"type": "boolean"},
                                "created_at": {"type": "string", "format": "date-time"},
                                "tokens": {"type": "integer"}},
+            },
+            "NewToken": {
+                "type": "object", "required": [*_TOKEN["required"], "token"],
+                "properties": {**_TOKEN["properties"],
+                               "token": {"type": "string", "description": "the secret, once"}},
             },
             "Error": {
                 "type": "object", "required": ["error"],

@@ -14,7 +14,8 @@ from starlette_login.utils import login_user, logout_user
 from db import queries
 from web.auth import SESSION_ID_KEY, WebUser, auth_failure, current_user
 from web.csrf import FORM_FIELD, csrf_token, csrf_valid
-from web.errors import RETRY_AFTER
+from web.errors import error_response, failure_error
+from web.throttle import LoginThrottle
 
 templates = Jinja2Templates(directory=str(Path(__file__).resolve().parent / "templates"))
 
@@ -36,9 +37,9 @@ def _render(request: Request, name: str, status: int = 200, **context: object) -
 
 
 def _login_redirect(request: Request) -> Response:
-    if auth_failure(request) is not None:  # logged in, maybe: the database could not tell
-        return PlainTextResponse("The server is busy; reload in a moment.", status_code=503,
-                                 headers=RETRY_AFTER)
+    failure = auth_failure(request)
+    if failure is not None:  # logged in, maybe: the database could not tell
+        raise failure_error(failure)
     return RedirectResponse(f"/login?next={request.url.path}", status_code=303)
 
 
@@ -71,24 +72,42 @@ async def login(request: Request) -> Response:
         return _render(request, "login.html", status=403, next=next_url, username=username,
                        error="Your form expired; please try again.")
     address = request.client.host if request.client else "?"
-    throttle = request.state.login_throttle
-    if throttle.blocked(username, address):
-        return _render(request, "login.html", status=429, next=next_url, username=username,
-                       error="Too many failed attempts; wait a few minutes.")
-    found = await queries.user_with_hash(request.state.pool, username) if username else None
-    password_hash = found[1] if found else None
-    ok = await request.state.passwords.verify_async(password_hash, password)
-    if not ok or found is None:
-        throttle.failed(username, address)
-        return _render(request, "login.html", status=401, next=next_url, username=username,
-                       error="Wrong username or password.")
-    throttle.succeeded(username)
+    throttle: LoginThrottle = request.state.login_throttle
+    # Reserved before the hash is checked: concurrent guesses count against the limit too.
+    attempt = throttle.reserve(username, address)
+    if attempt is None:
+        return _too_many_logins(request, throttle.retry_after(username, address), next_url,
+                                username)
+    try:
+        found = await queries.user_with_hash(request.state.pool, username) if username else None
+        password_hash = found[1] if found else None
+        ok = await request.state.passwords.verify_async(password_hash, password)
+        if not ok or found is None:
+            attempt.failed()
+            return _render(request, "login.html", status=401, next=next_url, username=username,
+                           error="Wrong username or password.")
+        attempt.succeeded()
+    finally:
+        attempt.release()  # the check never ended (the database failed): not a failure
     # A fresh session on login: nothing from before (CSRF token included) survives.
     request.session.clear()
     await login_user(request, WebUser.from_db(found[0]))
     request.session[SESSION_ID_KEY] = await queries.start_web_session(request.state.pool,
                                                                       found[0].id)
     return RedirectResponse(next_url, status_code=303)
+
+
+def _too_many_logins(request: Request, retry_after: int, next_url: str,
+                     username: str) -> Response:
+    """429 with Retry-After: the login page again for a browser, the JSON error otherwise."""
+    message = f"Too many failed logins for this username or address; retry in {retry_after} s"
+    headers = {"Retry-After": str(retry_after)}
+    if "text/html" not in request.headers.get("accept", ""):
+        return error_response(429, "too_many_requests", message, headers=headers)
+    page = _render(request, "login.html", status=429, next=next_url, username=username,
+                   error=f"{message}.")
+    page.headers.update(headers)
+    return page
 
 
 def _login_csrf_ok(request: Request, submitted: object) -> bool:

@@ -5,16 +5,24 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from db.position import Position
 from web.frames import OwnerKey
+from web.quotes import QuoteBox
 
 # Queued after everything else to make the sender close the socket.
 CLOSE = "\x00close"
 # Per queued frame, beside its text: the str object and the deque slot (bytes).
 FRAME_OVERHEAD = 64
+# While quotes wait, at most this many queued frames go out before one of them: order
+# events cannot starve quotes, and a `subscribed` reply still precedes the quotes it acks.
+QUOTE_TURN = 16
+# While the quote gate is shut (the socket's pipe is full), how often to look again (s).
+QUOTE_GATE_RETRY = 0.01
 
 
 class Mode(enum.Enum):
@@ -36,7 +44,8 @@ class Counters:
 
 class FrameQueue:
     """A FIFO of text frames that knows its size in bytes and wakes who waits for room.
-    Each frame is marked as an order event or not (events may be packed into batches)."""
+    Each frame is marked as an order event or not (events may be packed into batches).
+    Beside it, the conflated quotes (web/quotes.py): at most one per instrument."""
 
     def __init__(self, budget: int) -> None:
         self.budget = budget
@@ -45,6 +54,11 @@ class FrameQueue:
         self._ready = asyncio.Event()
         self._room = asyncio.Event()
         self._room.set()
+        self.quotes = QuoteBox()
+        self._streak = 0  # frames taken in a row while quotes waited
+        # Whether a quote may be written now (web/quotes.py pipe_gate): while the socket's
+        # pipe is full, quotes wait in the box and conflate instead of queueing in the kernel.
+        self.quote_gate: Callable[[], bool] = lambda: True
 
     def __len__(self) -> int:
         return len(self._frames)
@@ -59,15 +73,35 @@ class FrameQueue:
         if self.bytes > self.budget // 2:
             self._room.clear()
 
+    def put_quote(self, instrument: str, version: int, frame: str) -> bool | None:
+        """Hold the newest quote of `instrument` (see QuoteBox.offer)."""
+        result = self.quotes.offer(instrument, version, frame)
+        if result is not None:
+            self._ready.set()
+        return result
+
     async def get(self) -> str:
         return (await self.get_events(1))[0]
 
     async def get_events(self, most: int, most_bytes: int = 256 * 1024) -> list[str]:
         """The next frame; or, when it is an event, it and the events that directly follow
         it, up to `most` of them and (past the first) `most_bytes` of text."""
-        while not self._frames:
+        while True:
+            if (self.quotes and (not self._frames or self._streak >= QUOTE_TURN)
+                    and self.quote_gate()):
+                self._streak = 0
+                return [self.quotes.take()]
+            if self._frames:
+                break
             self._ready.clear()
-            await self._ready.wait()
+            if self.quotes:  # held back by the gate: look again soon
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(QUOTE_GATE_RETRY):
+                        await self._ready.wait()
+            else:
+                await self._ready.wait()
+        if self.quotes:
+            self._streak += 1
         frame, event = self._frames.popleft()
         taken = [frame]
         size = len(frame) + FRAME_OVERHEAD
@@ -89,6 +123,7 @@ class FrameQueue:
 
     def clear(self) -> None:
         self._frames.clear()
+        self.quotes.clear()
         self.bytes = 0
         self._room.set()
 
@@ -120,6 +155,8 @@ class Subscriber:
     held_bytes: int = 0
     catch_up: asyncio.Task[None] | None = None
     instruments: frozenset[str] = frozenset()
+    # Bumped by every change of the quotes subscription (a snapshot read knows if it applies).
+    quotes_generation: int = 0
     # Opted in with "batch": true: order events waiting together go out as one frame.
     batch: bool = False
 

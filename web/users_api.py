@@ -1,4 +1,4 @@
-"""Staff-only user management: list, create, make staff, reset password, revoke tokens."""
+"""Staff-only user management: list, create, read, make staff, reset password, revoke tokens."""
 
 from __future__ import annotations
 
@@ -85,7 +85,18 @@ async def create_user(request: Request) -> Response:
     password_hash = await request.state.passwords.hash_async(password)
     async with writing(request) as db:
         row = await queries.create_user(db, username, password_hash, is_staff)
-    return JSONResponse(_user_json(row), status_code=201)
+    return JSONResponse(_user_json(row), status_code=201,
+                        headers={"Location": f"/api/users/{row['id']}"})
+
+
+async def get_user(request: Request) -> Response:
+    api_user(request, staff=True)
+    user_id = _user_id(request)
+    async with reading(request) as db:
+        row = await queries.get_user(db, user_id)
+    if row is None:
+        raise ApiError(404, "not_found", f"no user {user_id}")
+    return JSONResponse(_user_json(row))
 
 
 async def update_user(request: Request) -> Response:
@@ -124,6 +135,7 @@ async def revoke_tokens(request: Request) -> Response:
 routes = [
     Route("/api/users", list_users, methods=["GET"]),
     Route("/api/users", create_user, methods=["POST"]),
+    Route("/api/users/{user_id}", get_user, methods=["GET"]),
     Route("/api/users/{user_id}", update_user, methods=["PATCH"]),
     Route("/api/users/{user_id}/tokens", revoke_tokens, methods=["DELETE"]),
 ]

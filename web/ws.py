@@ -11,15 +11,21 @@ import time
 from typing import Any
 from urllib.parse import urlsplit
 
+import asyncpg
 from starlette.routing import WebSocketRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from db import queries
+from db.failures import CONNECTION_ERRORS
 from db.position import CursorError, Position
-from web.auth import current_user
+from web import quotes
+from web.admission import TOO_MANY_SOCKETS, deny, too_many_sockets
+from web.auth import auth_failure, current_user
+from web.errors import failure_error
 from web.frames import ALL_OWNERS, OwnerKey
 from web.hub import Hub
+from web.metrics import SAMPLER
+from web.subprotocol import SUBPROTOCOL, chosen_subprotocol, token_without_subprotocol
 from web.subscriber import CLOSE, Subscriber
 
 log = logging.getLogger(__name__)
@@ -28,7 +34,6 @@ RAW_SEND = "orderstream.raw_send"
 MAX_MESSAGE_CHARS = 16 * 1024
 # Events packed into one `batch` frame at most (for subscriptions with "batch": true).
 MAX_BATCH = 500
-MAX_INSTRUMENTS = 200
 # Token bucket: a client may send RATE_PER_SECOND messages on average, BURST at once.
 RATE_PER_SECOND = 20.0
 BURST = 60
@@ -66,18 +71,6 @@ def _finite(text: str) -> float:
     if not math.isfinite(value):
         raise ValueError(f"{text} is out of range")
     return value
-
-
-def _instrument_ok(name: object) -> bool:
-    """A name the quotes table could hold: PostgreSQL text takes neither NUL nor the lone
-    surrogates a JSON "\\ud800" escape decodes to (the snapshot query failed on them)."""
-    if not isinstance(name, str) or not 0 < len(name) <= 64 or "\x00" in name:
-        return False
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 class _RateLimit:
@@ -195,20 +188,7 @@ class Protocol:
         self.hub.subscribe_orders(self.sub, key, after=position)
 
     async def subscribe_quotes(self, message: dict[str, Any]) -> None:
-        instruments = message.get("instruments")
-        if (
-            not isinstance(instruments, list)
-            or not 0 < len(instruments) <= MAX_INSTRUMENTS
-            or not all(_instrument_ok(i) for i in instruments)
-        ):
-            self.error("bad_request",
-                       f"instruments must be a list of 1-{MAX_INSTRUMENTS} instrument names")
-            return
-        wanted = frozenset(instruments)
-        self.hub.subscribe_quotes(self.sub, wanted)
-        self.reply(_frame(type="subscribed", channel="quotes", instruments=sorted(wanted)))
-        for frame in await queries.quote_frames(self.state.pool, sorted(wanted)):
-            self.reply(frame)
+        await quotes.subscribe(self, message, LISTENER_WAIT_SECONDS)
 
     def unsubscribe(self, message: dict[str, Any]) -> None:
         channel = message.get("channel")
@@ -240,6 +220,7 @@ class KeepRawSend:
 async def _send_loop(websocket: WebSocket, sub: Subscriber, hub: Hub) -> None:
     counters = hub.counters
     send = websocket.scope.get(RAW_SEND, websocket.send)
+    sub.queue.quote_gate = quotes.pipe_gate(send)
     while True:
         frames = await sub.queue.get_events(MAX_BATCH if sub.batch else 1)
         if len(frames) > 1:
@@ -247,6 +228,7 @@ async def _send_loop(websocket: WebSocket, sub: Subscriber, hub: Hub) -> None:
             text = '{"type": "batch", "events": [' + ",".join(frames) + "]}"
             await send({"type": "websocket.send", "text": text})
             counters.frames_sent += 1
+            SAMPLER.sample(frames[-1])
             continue
         frame = frames[0]
         if frame is CLOSE:
@@ -254,9 +236,18 @@ async def _send_loop(websocket: WebSocket, sub: Subscriber, hub: Hub) -> None:
             return
         await send({"type": "websocket.send", "text": frame})
         counters.frames_sent += 1
+        SAMPLER.sample(frame)
 
 
 async def websocket_endpoint(websocket: WebSocket) -> None:
+    if token_without_subprotocol(websocket.scope):
+        await websocket.close(code=1008, reason=f"offer {SUBPROTOCOL} beside the"
+                                                " bearer.<token> subprotocol")
+        return
+    failure = auth_failure(websocket)
+    if failure is not None:  # the database could not say who this is: 503, not 403
+        await deny(websocket, failure_error(failure))
+        return
     user = current_user(websocket)
     if user is None:
         await websocket.close(code=1008, reason="authentication required")
@@ -264,9 +255,17 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
     if not origin_allowed(websocket, websocket.state.settings.allowed_origins):
         await websocket.close(code=1008, reason="origin not allowed")
         return
-    await websocket.accept()
+    # Never the bearer.<token> subprotocol: the answer must not carry the secret.
+    await websocket.accept(subprotocol=chosen_subprotocol(websocket.scope))
     hub: Hub = websocket.state.hub
     async with hub.subscriber(user.id, user.is_staff, user.token_id, user.session_id) as sub:
+        # Counted once registered, with no await in between: concurrent handshakes of one
+        # user cannot all slip under the cap.
+        limit = websocket.state.settings.max_sockets_per_user
+        if too_many_sockets(hub.sockets_of(user.id), limit):
+            await websocket.close(code=TOO_MANY_SOCKETS,
+                                  reason=f"at most {limit} open sockets per user")
+            return
         await _converse(websocket, sub, hub, user.id)
 
 
@@ -295,6 +294,11 @@ async def _converse(websocket: WebSocket, sub: Subscriber, hub: Hub, user_id: in
                     await protocol.handle_text(text)
                 except (WebSocketDisconnect, asyncio.CancelledError):
                     raise
+                except (asyncpg.PostgresError, *CONNECTION_ERRORS) as exc:
+                    # The database failed this frame's query (a quote snapshot, say): the
+                    # socket stays, the client may send it again.
+                    log.warning("socket of user %s: database failed a frame: %s", user_id, exc)
+                    protocol.error("unavailable", "the database is unavailable; retry shortly")
                 except Exception:
                     # A bug, not the client's doing: say so with 1011 instead of dropping
                     # the TCP connection without a close frame.

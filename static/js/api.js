@@ -62,3 +62,10 @@ export const listUsers = () => request('GET', '/api/users');
 export const createUser = (fields) => request('POST', '/api/users', { body: fields });
 export const updateUser = (id, fields) => request('PATCH', `/api/users/${id}`, { body: fields });
 export const revokeTokens = (id) => request('DELETE', `/api/users/${id}/tokens`);
+
+export const listTokens = () => request('GET', '/api/tokens');
+export const createToken = (name) => request('POST', '/api/tokens', { body: { name } });
+export const revokeToken = (id) => request('DELETE', `/api/tokens/${id}`);
+
+export const getQuotes = (instruments) => request('GET', `/api/quotes?instruments=${encodeURIComponent(instruments.join(','))}`);
+export const getPnl = () => request('GET', '/api/pnl');

@@ -1,12 +1,15 @@
 // The dashboard page: the user's orders kept live, monitor, realtime toggle, order entry, quotes.
 
-import { currentUser, notify } from './dom.js';
+import { currentUser, notify, setTimeMode, timeMode } from './dom.js';
 import { startLivePage } from './live-page.js';
 import { OrdersTable } from './orders-table.js';
 import { OrderFeed } from './order-feed.js';
 import { bindTableControls, queryFromUrl } from './table-controls.js';
 import { Monitor } from './monitor.js';
 import { QuoteBook } from './quotes.js';
+import { QuotesPanel } from './quotes-panel.js';
+import { PnlTotals } from './pnl-total.js';
+import { TableKeys } from './table-keys.js';
 import { OrderForm } from './order-form.js';
 import { orderActions } from './order-actions.js';
 
@@ -54,11 +57,26 @@ realtime.addEventListener('change', () => {
 });
 
 // Quotes: follow the instruments on the page; show Last and uP&L once any quote has arrived.
-const followQuotes = () => quotes.follow(table.instruments());
+const pnl = new PnlTotals({ onScreen: $('pnl-screen'), all: $('pnl-all'), orders: () => table.orders(), book: quotes });
+new QuotesPanel($('quotes'), quotes, $('quotes-empty'));
+const followQuotes = () => { quotes.follow(table.instruments()); pnl.refresh(); };
 feed.addEventListener('loaded', followQuotes);
 feed.addEventListener('applied', followQuotes);
 quotes.addEventListener('first', () => $('orders-region').classList.remove('no-quotes'));
-quotes.addEventListener('quote', ({ detail: instrument }) => table.refreshQuotes(instrument));
+quotes.addEventListener('quote', ({ detail: instrument }) => { table.refreshQuotes(instrument); pnl.refresh(); });
+
+// Keyboard: arrows move the selected row, Enter edits it (see #table-keys-help).
+new TableKeys($('orders').closest('.table-scroll'), table, (order) => form.edit(order));
+
+// Times in local time or UTC, remembered by the browser.
+const timeButton = $('time-mode');
+const showTimeMode = () => {
+  const utc = timeMode() === 'utc';
+  timeButton.textContent = utc ? 'Times: UTC' : 'Times: local';
+};
+showTimeMode();
+timeButton.addEventListener('click', () => setTimeMode(timeMode() === 'utc' ? 'local' : 'utc'));
+document.addEventListener('timemodechange', () => { showTimeMode(); table.refreshTimes(); });
 
 socket.start();
 feed.start();

@@ -45,6 +45,14 @@ export function sub(a, b) {
   return format({ n: scaled(x, scale) - scaled(y, scale), scale });
 }
 
+export function add(a, b) {
+  const x = parse(a);
+  const y = parse(b);
+  if (!x || !y) return null;
+  const scale = Math.max(x.scale, y.scale);
+  return format({ n: scaled(x, scale) + scaled(y, scale), scale });
+}
+
 export function mul(a, b) {
   const x = parse(a);
   const y = parse(b);

@@ -21,6 +21,30 @@ export function h(tag, attrs = {}, ...children) {
 
 const pad = (n, w = 2) => String(n).padStart(w, '0');
 
+// Times are shown in local time or in UTC, as the user chose (kept in localStorage).
+const TIME_KEY = 'orderstream.times';
+let utc = false;
+try { utc = localStorage.getItem(TIME_KEY) === 'utc'; } catch { /* storage blocked: local time */ }
+
+/** 'local' or 'utc': how times are shown. */
+export function timeMode() {
+  return utc ? 'utc' : 'local';
+}
+
+/** Show times in 'local' time or 'utc' from now on (remembered); fires 'timemodechange' on document. */
+export function setTimeMode(mode) {
+  utc = mode === 'utc';
+  try { localStorage.setItem(TIME_KEY, timeMode()); } catch { /* not remembered */ }
+  document.dispatchEvent(new CustomEvent('timemodechange', { detail: timeMode() }));
+}
+
+/** The calendar fields of `d` in the chosen zone. */
+function fields(d) {
+  return utc
+    ? { y: d.getUTCFullYear(), mo: d.getUTCMonth(), day: d.getUTCDate(), hh: d.getUTCHours(), mm: d.getUTCMinutes(), ss: d.getUTCSeconds() }
+    : { y: d.getFullYear(), mo: d.getMonth(), day: d.getDate(), hh: d.getHours(), mm: d.getMinutes(), ss: d.getSeconds() };
+}
+
 /** ISO 8601 -> Date; microseconds are trimmed to what Date keeps (ms). */
 export function parseIso(iso) {
   if (!iso) return null;
@@ -29,21 +53,23 @@ export function parseIso(iso) {
   return Number.isNaN(d.getTime()) ? null : d;
 }
 
-/** Local "HH:MM:SS" today, "MM-DD HH:MM" otherwise. */
+/** "HH:MM:SS" today, "MM-DD HH:MM" otherwise (local time or UTC, see timeMode). */
 export function shortTime(iso) {
   const d = parseIso(iso);
   if (!d) return iso || '';
-  const now = new Date();
-  if (d.toDateString() === now.toDateString()) {
-    return `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`;
+  const t = fields(d);
+  const now = fields(new Date());
+  if (t.y === now.y && t.mo === now.mo && t.day === now.day) {
+    return `${pad(t.hh)}:${pad(t.mm)}:${pad(t.ss)}`;
   }
-  return `${pad(d.getMonth() + 1)}-${pad(d.getDate())} ${pad(d.getHours())}:${pad(d.getMinutes())}`;
+  return `${pad(t.mo + 1)}-${pad(t.day)} ${pad(t.hh)}:${pad(t.mm)}`;
 }
 
-/** Epoch ms -> local "HH:MM:SS.mmm". */
+/** Epoch ms -> "HH:MM:SS.mmm" (local time or UTC, see timeMode). */
 export function clockTime(ms) {
   const d = new Date(ms);
-  return `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}.${pad(d.getMilliseconds(), 3)}`;
+  const t = fields(d);
+  return `${pad(t.hh)}:${pad(t.mm)}:${pad(t.ss)}.${pad(d.getMilliseconds(), 3)}`;
 }
 
 /** The logged-in user, from <body data-user-id data-username data-staff>. */

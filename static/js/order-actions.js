@@ -18,7 +18,7 @@ async function run(button, action, doneMessage) {
 }
 
 /** A button that asks "Sure?" on the first click and acts on the second (no modal dialogs). */
-function confirmButton(label, confirmLabel, ariaLabel, action) {
+export function confirmButton(label, confirmLabel, ariaLabel, action) {
   let armed = 0;
   const button = h('button', { type: 'button', class: 'btn-small btn-danger', 'aria-label': ariaLabel }, label);
   button.addEventListener('click', () => {

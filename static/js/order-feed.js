@@ -127,6 +127,7 @@ export class OrderFeed extends EventTarget {
         if (this.realtime) this.load();
         break;
       case 'error':
+        if (frame.code === 'unknown_instrument') break; // quotes' business: free-text instruments have none
         if (this.waiting && frame.code === 'unavailable') {
           // The server cannot promise events yet (its database listener is down): ask again shortly.
           this.waiting = false;

@@ -261,6 +261,15 @@ export class OrdersTable {
     }
   }
 
+  /** Write the time cells again (the time zone shown changed). */
+  refreshTimes() {
+    for (const row of this.rows.values()) {
+      for (const key of this.columns) {
+        if (COLUMNS[key].time) row.cells[key].textContent = shortTime(row.cells[key].dataset.value);
+      }
+    }
+  }
+
   /** Instruments on the page. */
   instruments() {
     return [...new Set([...this.rows.values()].map((r) => r.order.instrument))].sort();

@@ -1,0 +1,292 @@
+"""`bench --fanout`: orderstream against the naive build (cli/naive_build.py), interleaved in
+one run. 100 sessions (2 owners x 50 sockets), an SQL writer committing one batch every
+10 ms, at rising rates of frames/s; per build and rate: p50/p99 from trigger to frame
+received, frames missing, and server CPU per frame. A rate is held when p99 <= 50 ms and
+nothing is missing.
+
+The sockets live in two client processes, so the bench's own Python does not share a core
+with them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import multiprocessing
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+
+import httpx
+import psutil
+import psycopg
+import websockets
+
+import config
+from cli import naive_build
+from cli.users import create_token, create_user
+from web.passwords import Passwords
+
+ROOT = Path(__file__).resolve().parent.parent
+OWNERS = 2
+SOCKETS_PER_OWNER = 50
+ROWS_PER_OWNER = 50
+BATCH_INTERVAL = 0.010  # seconds between the writer's commits
+HELD_P99_MS = 50.0
+CLIENT_PROCESSES = 2
+
+
+@dataclass
+class Target:
+    """One socket to open: its URL, headers, whether to subscribe (orderstream), its owner."""
+
+    url: str
+    headers: dict[str, str]
+    subscribe: bool
+    owner: int
+
+
+@dataclass
+class Result:
+    build: str
+    rate: int
+    frames: int
+    missing: int
+    p50: float
+    p99: float
+    cpu_us_per_frame: float
+
+    @property
+    def held(self) -> bool:
+        return self.missing == 0 and self.p99 <= HELD_P99_MS
+
+
+def _ts_of(frame: str) -> float | None:
+    start = frame.find('"ts"')
+    if start < 0 or '"order"' not in frame[:20]:
+        return None
+    end = frame.find(",", start)
+    return float(frame[start + 4:end].lstrip(" :"))
+
+
+async def _client(pipe: Connection, targets: list[Target]) -> None:
+    sockets = []
+    for target in targets:
+        ws = await websockets.connect(target.url, additional_headers=target.headers,
+                                      max_size=2**24, compression=None)
+        if target.subscribe:
+            await ws.send(json.dumps({"op": "subscribe", "channel": "orders"}))
+            assert '"subscribed"' in await ws.recv()
+        sockets.append(ws)
+    latencies: list[float] = []
+    counts = [0] * len(sockets)
+
+    async def read(index: int, ws: websockets.ClientConnection) -> None:
+        while True:
+            ts = _ts_of(await ws.recv())  # type: ignore[arg-type]
+            if ts is not None:
+                latencies.append(time.time() * 1000 - ts)
+                counts[index] += 1
+
+    readers = [asyncio.create_task(read(i, ws)) for i, ws in enumerate(sockets)]
+    pipe.send("ready")
+    # The writer runs now; then the parent says how many events each owner got.
+    expected, timeout = await asyncio.get_running_loop().run_in_executor(None, pipe.recv)
+    deadline = time.monotonic() + timeout
+    # Polling costs the readers nothing measurable and keeps them free of bookkeeping.
+    while time.monotonic() < deadline and any(  # noqa: ASYNC110
+            counts[i] < expected[target.owner] for i, target in enumerate(targets)):
+        await asyncio.sleep(0.05)
+    for reader in readers:
+        reader.cancel()
+    pipe.send((sum(counts), latencies))
+    for ws in sockets:
+        await ws.close()
+
+
+def _client_main(pipe: Connection, targets: list[Target]) -> None:
+    asyncio.run(_client(pipe, targets))
+
+
+def _pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{url}: the server exited")
+        try:
+            httpx.get(url, timeout=1)
+            return
+        except httpx.HTTPError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{url}: the server did not start")
+
+
+def _cpu_seconds(proc: psutil.Process) -> float:
+    total = 0.0
+    for p in [proc, *proc.children(recursive=True)]:
+        times = p.cpu_times()
+        total += times.user + times.system
+    return total
+
+
+class Build:
+    """A server under test: how to write to it and how to reach its sockets."""
+
+    def __init__(self, name: str, proc: subprocess.Popen[bytes], table: str,
+                 targets: list[Target], rows: dict[int, list[int]]) -> None:
+        self.name = name
+        self.proc = proc
+        self.table = table
+        self.targets = targets
+        self.rows = rows
+
+
+def _run_rate(db: psycopg.Connection, build: Build, rate: int, seconds: float) -> Result:
+    context = multiprocessing.get_context("spawn")
+    clients = []
+    for i in range(CLIENT_PROCESSES):
+        parent, child = context.Pipe()
+        process = context.Process(target=_client_main,
+                                  args=(child, build.targets[i::CLIENT_PROCESSES]), daemon=True)
+        process.start()
+        clients.append((process, parent))
+    for _, pipe in clients:
+        if pipe.recv() != "ready":
+            raise RuntimeError("a client process failed to connect")
+    # Events per 10 ms batch: each event reaches the owner's 50 sockets.
+    per_batch = max(1, round(rate / SOCKETS_PER_OWNER * BATCH_INTERVAL))
+    owners = sorted(build.rows)
+    committed = dict.fromkeys(owners, 0)
+    batches = int(seconds / BATCH_INTERVAL)
+    server = psutil.Process(build.proc.pid)
+    cpu_before = _cpu_seconds(server)
+    started = time.perf_counter()
+    for batch in range(batches):
+        ids = []
+        for k in range(per_batch):
+            owner = owners[(batch * per_batch + k) % len(owners)]
+            ids.append(build.rows[owner][(batch * per_batch + k) % ROWS_PER_OWNER])
+            committed[owner] += 1
+        db.execute(f"UPDATE {build.table} SET quantity = quantity %% 9 + 1"  # noqa: S608
+                   " WHERE id = ANY(%s)", (ids,))
+        pause = started + (batch + 1) * BATCH_INTERVAL - time.perf_counter()
+        if pause > 0:
+            time.sleep(pause)
+    for _, pipe in clients:
+        pipe.send((committed, 10.0))
+    received, latencies = 0, []
+    for process, pipe in clients:
+        count, values = pipe.recv()
+        received += count
+        latencies.extend(values)
+        process.join(10)
+    cpu = _cpu_seconds(server) - cpu_before
+    expected = sum(committed.values()) * SOCKETS_PER_OWNER
+    return Result(build.name, rate, received, expected - received, _pct(latencies, 0.5),
+                  _pct(latencies, 0.99), cpu / max(received, 1) * 1e6)
+
+
+def run_fanout(url: str, ours: subprocess.Popen[bytes], port: int,
+               owners: list[tuple[int, str]], rates: list[int], seconds: float) -> list[Result]:
+    """Measure orderstream (serving on `port`; `owners` are (user id, API token) pairs)
+    against the naive build, which this starts and stops, rate by rate, interleaved."""
+    with psycopg.connect(url, autocommit=True) as db:
+        naive_build.install(db)
+        owner_ids = [owner for owner, _ in owners]
+        our_rows = {owner: _rows(db, "orders", owner) for owner in owner_ids}
+        naive_rows = {owner: _rows(db, naive_build.TABLE, owner) for owner in owner_ids}
+        naive_port = _free_port()
+        naive = subprocess.Popen(  # noqa: S603 (our own fixed argv)
+            [sys.executable, "-m", "cli.naive_build", "--port", str(naive_port), "--dsn", url],
+            cwd=ROOT, env=os.environ.copy())
+        try:
+            _wait_healthy(f"http://127.0.0.1:{naive_port}/", naive)
+            ours_targets = [Target(f"ws://127.0.0.1:{port}/ws",
+                                   {"Authorization": f"Bearer {token}"}, True, owner)
+                            for owner, token in owners for _ in range(SOCKETS_PER_OWNER)]
+            naive_targets = [Target(f"ws://127.0.0.1:{naive_port}/ws?owner={owner}", {}, False,
+                                    owner)
+                             for owner in owner_ids for _ in range(SOCKETS_PER_OWNER)]
+            builds = [Build("orderstream", ours, "orders", ours_targets, our_rows),
+                      Build("naive", naive, naive_build.TABLE, naive_targets, naive_rows)]
+            results = []
+            for rate in rates:
+                for build in builds:
+                    results.append(_run_rate(db, build, rate, seconds))
+            return results
+        finally:
+            naive.terminate()
+            naive.wait(10)
+            naive_build.uninstall(db)
+
+
+def _rows(db: psycopg.Connection, table: str, owner: int) -> list[int]:
+    db.execute(f"DELETE FROM {table} WHERE owner_id = %s", (owner,))  # noqa: S608
+    return [int(row[0]) for row in db.execute(
+        f"INSERT INTO {table} (owner_id, instrument, quantity, price)"  # noqa: S608
+        " SELECT %s, 'FAN', 1, 100 FROM generate_series(1, %s) RETURNING id",
+        (owner, ROWS_PER_OWNER)).fetchall()]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def report(results: list[Result]) -> None:
+    print("fan-out: 100 sessions (2 owners x 50), one SQL batch every 10 ms,"
+          f" held = p99 <= {HELD_P99_MS:g} ms and nothing missing")
+    print(f"  {'frames/s':>9} {'build':12} {'p50 ms':>8} {'p99 ms':>8} {'missing':>8}"
+          f" {'CPU us/frame':>13}  held")
+    by_rate: dict[int, dict[str, Result]] = {}
+    for r in results:
+        by_rate.setdefault(r.rate, {})[r.build] = r
+        print(f"  {r.rate:9,d} {r.build:12} {r.p50:8.2f} {r.p99:8.2f} {r.missing:8d}"
+              f" {r.cpu_us_per_frame:13.1f}  {'yes' if r.held else 'no'}")
+    for rate, pair in by_rate.items():
+        if "orderstream" in pair and "naive" in pair:
+            ratio = pair["orderstream"].cpu_us_per_frame / pair["naive"].cpu_us_per_frame
+            print(f"  at {rate:,d} frames/s: CPU per frame orderstream / naive = {ratio:.2f}x")
+    for build in ("orderstream", "naive"):
+        held = [r.rate for r in results if r.build == build and r.held]
+        print(f"  highest rate held by {build}: {max(held):,d} frames/s" if held
+              else f"  {build} held none of the rates")
+
+
+def run_fanout_bench(url: str, settings: config.Settings, rates: list[int],
+                     seconds: float) -> int:
+    """`bench --fanout`: start orderstream, make two owners, measure, report, clean up."""
+    from cli.bench import _start_server
+
+    owners = []
+    for _ in range(OWNERS):
+        name = f"bench_fan_{os.urandom(4).hex()}"
+        owners.append((create_user(url, Passwords(1, 8192), name, os.urandom(12).hex(), False),
+                       create_token(url, name)))
+    proc, port = _start_server(url, settings)
+    print(f"orderstream bench --fanout: server pid {proc.pid} on port {port},"
+          f" {os.cpu_count()} CPUs, {seconds:g} s per rate and build")
+    try:
+        report(run_fanout(url, proc, port, owners, rates, seconds))
+    finally:
+        proc.terminate()
+        proc.wait(15)
+        with psycopg.connect(url, autocommit=True) as conn:
+            ids = [owner for owner, _ in owners]
+            conn.execute("DELETE FROM orders WHERE owner_id = ANY(%s)", (ids,))
+            conn.execute("DELETE FROM users WHERE id = ANY(%s)", (ids,))
+    return 0

@@ -1,0 +1,241 @@
+"""The orders stream of an orderstream server: one WebSocket that subscribes, reconnects with
+jittered backoff and resumes from its cursor, so a restart loses nothing and repeats nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+from collections import deque
+from types import TracebackType
+from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+from websockets.asyncio.client import ClientConnection
+from websockets.asyncio.client import connect as ws_connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+
+from orderstream_client.api import fetch_orders
+
+log = logging.getLogger("orderstream_client")
+
+Event = dict[str, Any]
+Owner = int | Literal["*"]
+
+# Reconnect delays (seconds): the first, doubled on each failure up to the cap, each drawn
+# between half and all of that so clients of a restarted server do not all come at once.
+RETRY_FIRST, RETRY_CAP = 0.25, 8.0
+# Frames can be large (an order with a long note); batches are never asked for.
+MAX_FRAME_BYTES = 4 << 20
+# Refusals that reconnecting cannot fix: bad credentials, another origin, no /ws there.
+FINAL_STATUSES = frozenset({401, 403, 404})
+# Close codes that reconnecting cannot fix: 1008 policy (token revoked, account deleted,
+# abuse). 1001 (server shutting down), 1011 and a dropped connection are retried.
+FINAL_CLOSE_CODES = frozenset({1008})
+# Subscribe answers worth asking again later (the server's database listener is down).
+RETRY_ERRORS = frozenset({"unavailable", "rate_limited"})
+
+
+class StreamError(Exception):
+    """The server refused the stream for good (credentials, rights, a bad cursor, a revoked
+    token): reconnecting would not help."""
+
+
+class _TryAgain(Exception):
+    """The server cannot subscribe us just now."""
+
+
+_RETRYABLE = (OSError, TimeoutError, InvalidHandshake, ConnectionClosed, _TryAgain)
+
+
+def ws_url(base_url: str) -> str:
+    """The /ws address of a server at `base_url` (http(s):// or ws(s)://)."""
+    parts = urlsplit(base_url)
+    schemes = {"http": "ws", "https": "wss", "ws": "ws", "wss": "wss"}
+    if parts.scheme not in schemes or not parts.netloc:
+        raise ValueError(f"base_url must be an http(s):// address, got {base_url!r}")
+    return urlunsplit((schemes[parts.scheme], parts.netloc, parts.path.rstrip("/") + "/ws", "",
+                       ""))
+
+
+class Stream:
+    """The order events a token may read: an async context manager and async iterator of
+    dicts, each a WebSocket `order` frame or a `resync` frame (reload your state then, for
+    instance with `Book.reload`). See `connect`."""
+
+    def __init__(self, base_url: str, token: str, owner: Owner | None = None,
+                 after: str | None = None, *, retry_first: float = RETRY_FIRST,
+                 retry_cap: float = RETRY_CAP, open_timeout: float = 10.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.url = ws_url(base_url)
+        self._token = token
+        self._wanted_owner = owner
+        # Whose orders, as the server confirmed: a user id, or "*".
+        self.owner: Owner | None = None
+        self._cursor = after
+        self._retry_first = retry_first
+        self._retry_cap = retry_cap
+        self._open_timeout = open_timeout
+        self._ws: ClientConnection | None = None
+        self._pending: deque[Event] = deque()  # the rest of a batch frame
+        self._opened = False  # connected once: later connections are reconnections
+        self._closed = False
+        self._closing = asyncio.Event()
+        # Connections made after the first (a test that restarts the server checks it).
+        self.reconnects = 0
+
+    @property
+    def cursor(self) -> str | None:
+        """Where the stream stands: the cursor of the last event handed out (or of the
+        subscription, before any). `connect(..., after=stream.cursor)` resumes there."""
+        return self._cursor
+
+    async def __aenter__(self) -> Stream:
+        await self._open()
+        return self
+
+    async def __aexit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                        traceback: TracebackType | None) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the socket; iteration ends."""
+        self._closed = True
+        self._closing.set()
+        ws, self._ws = self._ws, None
+        if ws is not None:
+            await ws.close()
+
+    def __aiter__(self) -> Stream:
+        return self
+
+    async def __anext__(self) -> Event:
+        while True:
+            if self._pending:
+                return self._hand_out(self._pending.popleft())
+            if self._closed:
+                raise StopAsyncIteration
+            ws = self._ws
+            if ws is None:
+                if self._opened:
+                    await self._reconnect()
+                else:  # iterated without `async with`: connect now
+                    await self._open()
+                continue
+            try:
+                text = await ws.recv()
+            except ConnectionClosed as exc:
+                if self._closed:
+                    raise StopAsyncIteration from None
+                self._ws = None
+                code = exc.rcvd.code if exc.rcvd is not None else None
+                if code in FINAL_CLOSE_CODES:
+                    reason = exc.rcvd.reason if exc.rcvd is not None else ""
+                    raise StreamError(f"the server closed the stream: {code} {reason}") from exc
+                log.info("orderstream: connection lost (%s); reconnecting", exc)
+                await self._reconnect()
+                continue
+            frame = json.loads(text)
+            kind = frame.get("type")
+            if kind in ("order", "resync"):
+                return self._hand_out(frame)
+            if kind == "batch":
+                self._pending.extend(frame["events"])
+            elif kind == "error":
+                if frame.get("code") == "forbidden":  # the subscription was taken away
+                    raise StreamError(f"forbidden: {frame.get('message')}")
+                log.warning("orderstream: %s: %s", frame.get("code"), frame.get("message"))
+            # Anything else (pong, quotes) is not part of the orders stream.
+
+    async def fetch_orders(self) -> list[dict[str, Any]]:
+        """Every order this stream watches, from `GET /api/orders` (see `Book.reload`)."""
+        owner = self.owner if self.owner is not None else self._wanted_owner
+        return await fetch_orders(self.base_url, self._token, owner)
+
+    def _hand_out(self, event: Event) -> Event:
+        cursor = event.get("cursor")
+        if event.get("type") == "order" and isinstance(cursor, str):
+            self._cursor = cursor
+        return event
+
+    async def _open(self) -> None:
+        """Connect and subscribe (resuming after the cursor, once there is one)."""
+        try:
+            ws = await ws_connect(self.url, open_timeout=self._open_timeout,
+                                  additional_headers={"Authorization": f"Bearer {self._token}"},
+                                  max_size=MAX_FRAME_BYTES, compression=None)
+        except InvalidStatus as exc:
+            status = exc.response.status_code
+            if status in FINAL_STATUSES:
+                raise StreamError(f"the server refused the socket: HTTP {status}") from exc
+            raise
+        try:
+            await self._subscribe(ws)
+        except BaseException:
+            await ws.close()
+            raise
+        if self._closed:  # closed while we connected
+            await ws.close()
+            return
+        self._ws = ws
+        self._opened = True
+
+    async def _subscribe(self, ws: ClientConnection) -> None:
+        message: dict[str, Any] = {"op": "subscribe", "channel": "orders"}
+        if self._wanted_owner is not None:
+            message["owner"] = self._wanted_owner
+        if self._cursor is not None:
+            message["after"] = self._cursor
+        await ws.send(json.dumps(message))
+        async with asyncio.timeout(self._open_timeout):
+            while True:
+                frame = json.loads(await ws.recv())
+                kind = frame.get("type")
+                if kind == "subscribed" and frame.get("channel") == "orders":
+                    self.owner = frame.get("owner")
+                    if self._cursor is None:
+                        self._cursor = frame.get("cursor")
+                    return
+                if kind == "error":
+                    text = f"{frame.get('code')}: {frame.get('message')}"
+                    if frame.get("code") in RETRY_ERRORS:
+                        raise _TryAgain(text)
+                    raise StreamError(f"subscribe refused: {text}")
+
+    async def _reconnect(self) -> None:
+        """Until connected and subscribed again (or closed), with jittered capped backoff."""
+        attempt = 0
+        while not self._closed:
+            ceiling = min(self._retry_cap, self._retry_first * 2**attempt)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closing.wait(), random.uniform(ceiling / 2, ceiling))
+            if self._closed:
+                return
+            try:
+                await self._open()
+            except _RETRYABLE as exc:
+                attempt += 1
+                log.info("orderstream: reconnect failed (%s); retrying", exc)
+                continue
+            self.reconnects += 1
+            return
+
+
+def connect(base_url: str, *, token: str, owner: Owner | None = None,
+            after: str | None = None, retry_first: float = RETRY_FIRST,
+            retry_cap: float = RETRY_CAP, open_timeout: float = 10.0) -> Stream:
+    """The orders stream of the server at `base_url` (``http://host:port``), as `token`'s
+    user may read it: its own orders, or with `owner` (staff) one user id's or "*" for
+    everyone's. With `after` (a cursor from an earlier stream) it starts with what was
+    missed since.
+
+    Use it as ``async with connect(...) as stream: async for event in stream: ...``.
+    Entering connects and subscribes, raising if the server cannot be reached or refuses
+    (`StreamError`); after that, a lost connection is retried with jittered backoff
+    (from `retry_first` seconds, doubling up to `retry_cap`) and resumed from
+    `stream.cursor`, without a gap or a repeat.
+    """
+    return Stream(base_url, token, owner, after, retry_first=retry_first, retry_cap=retry_cap,
+                  open_timeout=open_timeout)

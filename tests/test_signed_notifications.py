@@ -1,0 +1,125 @@
+"""Any role that can connect may NOTIFY. The triggers sign what they send on 'orders'
+(HMAC under notification_key, which writers cannot read); the listener ignores the rest.
+A correctly signed payload that claims a future transaction (a leaked key) is still caught
+by the position check and answered with resync."""
+
+from __future__ import annotations
+
+import json
+import secrets
+
+import psycopg
+
+from db.signing import open_signed, sign
+from tests.conftest import insert_order, metrics, open_socket
+from tests.support.market import make_instrument, upsert_quote
+
+
+def notification_key(conn: psycopg.Connection) -> bytes:
+    row = conn.execute("SELECT key FROM notification_key").fetchone()
+    assert row is not None
+    return bytes(row[0])
+
+
+async def test_unsigned_or_wrongly_signed_notifications_are_ignored(own_server, make_user, sql):
+    alice = make_user()
+    async with open_socket(own_server, alice) as ws:
+        await ws.subscribe_orders()
+        real = insert_order(sql, alice.id, "REAL")
+        event = await ws.recv_type("order")
+        assert event["order"]["id"] == real
+        xid = int(sql.execute("SELECT pg_current_xact_id()::text").fetchone()[0])
+        fake = dict(event["order"], instrument="FORGED", price="1")
+        forged_frame = json.dumps({"type": "order", "op": "update", "seq": 10**9,
+                                   "ts": event["ts"], "order": fake})
+        plausible = f"999999999 {xid} {xid}:{xid}: {alice.id} - {forged_frame}"
+        for payload in (
+            plausible,  # unsigned, shaped like the real thing
+            "1 999999999998 1:999999999999: 999999 - {}",  # the old future-xid forgery
+            "truncate",  # would tell every session to reload
+            sign(secrets.token_bytes(64), plausible),  # signed, but not with the key
+            "0" * 32 + " " + plausible,  # a tag of the right shape
+        ):
+            sql.execute("SELECT pg_notify('orders', %s)", (payload,))
+        # Nothing reaches the socket: the next frame is the next real change.
+        later = insert_order(sql, alice.id, "LATER")
+        after = await ws.recv_type("order")
+        assert after["order"]["id"] == later, after
+    counters = await metrics(own_server)
+    assert counters["orderstream_notifications_rejected_total"] == 5
+    assert counters["orderstream_resyncs_sent_total"] == 0
+    assert counters["orderstream_forged_notifications_total"] == 0
+
+
+async def test_a_signed_notification_past_the_database_resets_with_resync(own_server, make_user,
+                                                                          sql):
+    """Were the key to leak, a signed payload naming a transaction far in the future would
+    move the listener's position past every real change; the position check sees it past
+    the database's own, resets it, and sessions are told to reload."""
+    alice = make_user()
+    key = notification_key(sql)
+    async with open_socket(own_server, alice) as ws:
+        await ws.subscribe_orders()
+        sql.execute("SELECT pg_notify('orders', %s)",
+                    (sign(key, "1 999999999998 1:999999999999: 999999 - {}"),))
+        resync = await ws.recv_type("resync", timeout=5)
+        assert resync["reason"] == "forged notification"
+        order_id = insert_order(sql, alice.id, "AFTER_RESET")
+        assert (await ws.recv_type("order"))["order"]["id"] == order_id
+    assert (await metrics(own_server))["orderstream_forged_notifications_total"] == 1
+
+
+def test_the_triggers_sign_what_they_send_the_way_the_listener_checks(db_url, make_user):
+    """SQL's HMAC and Python's agree, for every kind of notification and any text."""
+    alice = make_user()
+    with psycopg.connect(db_url, autocommit=True) as listen, \
+            psycopg.connect(db_url, autocommit=True) as sql:
+        key = notification_key(sql)
+        listen.execute("LISTEN orders")
+        order_id = insert_order(sql, alice.id, "ÄÖÜ-€-日本")
+        sql.execute("UPDATE orders SET note = %s WHERE id = %s",
+                    ("naïve \"quotes\" \\ 🙂", order_id))
+        sql.execute("UPDATE orders SET quantity = quantity + 1 WHERE id = ANY(%s)",
+                    ([insert_order(sql, alice.id, "MULTI") for _ in range(3)],))
+        sql.execute("INSERT INTO orders (owner_id, instrument, quantity, price)"
+                    " SELECT %s, 'BULK', 1, 1 FROM generate_series(1, 150)", (alice.id,))
+        received = [n.payload for n in listen.notifies(timeout=5, stop_after=9)]
+    assert len(received) == 9
+    opened = [open_signed(key, payload) for payload in received]
+    assert None not in opened, received
+    assert opened[-1].endswith(" bulk")  # type: ignore[union-attr]
+    assert "ÄÖÜ-€-日本" in opened[0]  # type: ignore[operator]
+    # The signature covers the payload: one changed character and it is refused.
+    tampered = received[0].replace("ÄÖÜ", "AOU")
+    assert open_signed(key, tampered) is None
+
+
+def test_writers_cannot_read_the_key_or_write_the_log(db_url):
+    """The privileges migrate sets up: nothing granted to PUBLIC on the key, the log, or the
+    signing trigger functions."""
+    with psycopg.connect(db_url, autocommit=True) as sql:
+        for table in ("notification_key", "order_changes"):
+            granted = sql.execute(
+                "SELECT has_table_privilege('public', %s, 'SELECT')"
+                " OR has_table_privilege('public', %s, 'INSERT')", (table, table)).fetchone()
+            assert granted == (False,), table
+        for function in ("orderstream_orders_changed()", "orderstream_orders_truncated()"):
+            assert sql.execute("SELECT has_function_privilege('public', %s, 'EXECUTE')",
+                               (function,)).fetchone() == (False,), function
+
+
+
+async def test_an_unsigned_quote_is_ignored_and_a_signed_one_delivered(own_server, make_user,
+                                                                       sql):
+    symbol = make_instrument(sql)
+    alice = make_user()
+    async with open_socket(own_server, alice) as ws:
+        await ws.send({"op": "subscribe", "channel": "quotes", "instruments": [symbol]})
+        await ws.recv_type("subscribed")
+        forged = json.dumps({"type": "quote", "instrument": symbol, "bid": "1", "ask": "2",
+                             "last": "1.5", "version": 10**15, "ts": 0})
+        sql.execute("SELECT pg_notify('quotes', %s)", (forged,))
+        version = upsert_quote(sql, symbol, "100.00", "100.02", "100.01")
+        quote = await ws.recv_type("quote")
+        assert (quote["version"], quote["last"]) == (version, "100.01"), quote
+    assert (await metrics(own_server))["orderstream_notifications_rejected_total"] == 1
