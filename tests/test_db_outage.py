@@ -11,7 +11,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import httpx
 import psycopg
@@ -95,10 +95,16 @@ def behind_proxy(db_url: str, tmp_path: Path, env: dict[str, str] | None = None
                  ) -> Iterator[tuple[ServerProcess, TcpProxy]]:
     """A server whose database connections all go through a TcpProxy."""
     parts = urlsplit(db_url)
-    proxy = TcpProxy(parts.hostname or "127.0.0.1", parts.port or 5432)
+    # The embedded server's URL names its socket directory and port in the query.
+    query = dict(parse_qsl(parts.query))
+    host = query.pop("host", None) or parts.hostname or "127.0.0.1"
+    port = int(query.pop("port", None) or parts.port or 5432)
+    unix_socket = f"{host}/.s.PGSQL.{port}" if host.startswith("/") else None
+    proxy = TcpProxy(host, port, unix_socket)
     proxy.up()
     user = f"{parts.username}@" if parts.username else ""
-    proxied = urlunsplit(parts._replace(netloc=f"{user}127.0.0.1:{proxy.port}"))
+    proxied = urlunsplit(parts._replace(netloc=f"{user}127.0.0.1:{proxy.port}",
+                                        query=urlencode(query)))
     server = ServerProcess(proxied, tmp_path, extra_env=env)
     try:
         server.start()

@@ -13,11 +13,14 @@ from typing import Any
 
 
 class TcpProxy:
-    """Forwards 127.0.0.1:<port> to upstream (host, port), in a thread of its own so the
-    test's blocking calls never stall it."""
+    """Forwards 127.0.0.1:<port> to upstream (host, port), or to a Unix socket (the
+    embedded server listens on one only), in a thread of its own so the test's blocking
+    calls never stall it."""
 
-    def __init__(self, upstream_host: str, upstream_port: int) -> None:
+    def __init__(self, upstream_host: str, upstream_port: int,
+                 unix_socket: str | None = None) -> None:
         self.upstream = (upstream_host, upstream_port)
+        self.unix_socket = unix_socket
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             self.port: int = sock.getsockname()[1]
@@ -78,7 +81,10 @@ class TcpProxy:
         self._writers.add(writer)
         await self._flowing.wait()
         try:
-            up_reader, up_writer = await asyncio.open_connection(*self.upstream)
+            if self.unix_socket is not None:
+                up_reader, up_writer = await asyncio.open_unix_connection(self.unix_socket)
+            else:
+                up_reader, up_writer = await asyncio.open_connection(*self.upstream)
         except OSError:
             writer.transport.abort()
             return
