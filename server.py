@@ -160,14 +160,6 @@ def _check(settings: config.Settings) -> None:
         raise config.SettingsError(f"setting 'workers': must be 1 or more, got {settings.workers}")
 
 
-def _exception_on_one_line(record: logging.LogRecord) -> bool:
-    if record.exc_info and record.exc_info[1] is not None:
-        record.msg = f"{record.getMessage()}: {record.exc_info[1]!r}"
-        record.args = None
-        record.exc_info = None
-    return True
-
-
 def _fail(message: str, code: int = 2) -> int:
     """One line on stderr; exit code 2 for what the person asked, 1 for the environment."""
     print(f"server.py: {message}", file=sys.stderr)
@@ -213,10 +205,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(f"setting 'log_format': expected one of {FORMATS!r}, "
                      f"got {settings.log_format!r}")
     configure(settings.log_level, settings.log_format)
-    # asyncpg's pool logs a full traceback each time it cannot reconnect while the
-    # database is away; one line says the same.
-    logging.getLogger("asyncpg.pool").addFilter(_exception_on_one_line)
-    logging.getLogger("httpx").setLevel(logging.WARNING)
     # Imported here so `--help` and settings errors stay fast.
     import asyncpg
     import psycopg

@@ -30,9 +30,21 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
+class OneLineExceptions(logging.Filter):
+    """asyncpg's pool logs a full traceback each time it cannot reconnect while the database
+    is away; one line says the same."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None:
+            record.msg = f"{record.getMessage()}: {record.exc_info[1]!r}"
+            record.args = None
+            record.exc_info = None
+        return True
+
+
 def log_config(level: str, fmt: str) -> dict[str, Any]:
     """A logging.config dict for the root logger and uvicorn's loggers alike (uvicorn takes it
-    as `log_config` and applies it in every worker)."""
+    as `log_config` and applies it in every worker, so the filters below reach workers too)."""
     if fmt not in FORMATS:
         raise ValueError(f"log_format must be one of {FORMATS!r}, got {fmt!r}")
     formatter: dict[str, Any] = (
@@ -48,7 +60,12 @@ def log_config(level: str, fmt: str) -> dict[str, Any]:
         "formatters": {"default": formatter},
         "handlers": {"default": handler},
         "root": {"handlers": ["default"], "level": level.upper()},
-        "loggers": {"uvicorn": uvicorn, "uvicorn.error": uvicorn, "uvicorn.access": uvicorn},
+        "filters": {"one_line": {"()": f"{__name__}.OneLineExceptions"}},
+        "loggers": {
+            "uvicorn": uvicorn, "uvicorn.error": uvicorn, "uvicorn.access": uvicorn,
+            "asyncpg.pool": {"filters": ["one_line"]},
+            "httpx": {"level": "WARNING"},
+        },
     }
 
 

@@ -98,6 +98,12 @@ class ChangeLog:
     async def snapshot(self) -> Snapshot:
         return Snapshot.parse(await self.pool.fetchval("SELECT pg_current_snapshot()::text"))
 
+    async def truncated_xid(self) -> int:
+        """The last transaction that ran TRUNCATE orders (0 if none did)."""
+        value = await self.pool.fetchval(
+            "SELECT truncated_xid::text::bigint FROM order_changes_horizon")
+        return int(value or 0)
+
     async def frame(self, seq: int) -> str | None:
         """The frame of one change (announced without it: too big for NOTIFY)."""
         return await self.pool.fetchval("SELECT frame FROM order_changes WHERE seq = $1", seq)

@@ -82,6 +82,9 @@ class Listener:
         self._tasks: list[asyncio.Task[None]] = []
         self.replays = 0
         self.forged = 0
+        # Truncates acted on: those up to the floor (read at start) and these since.
+        self._truncate_floor = 0
+        self._truncates: set[int] = set()
 
     @property
     def position(self) -> Position:
@@ -108,6 +111,7 @@ class Listener:
         """Connect and LISTEN; returns once listening (raises if that fails within `timeout`)."""
         await asyncio.wait_for(self._log.open(), timeout)
         try:
+            self._truncate_floor = await self._log.truncated_xid()
             await asyncio.wait_for(self._notifications.start(), timeout)
             # Everything committed before LISTEN took effect counts as delivered.
             self._sink.advance(Position().merge(await self._log.snapshot()))
@@ -237,8 +241,12 @@ class Listener:
                     except DB_ERRORS as exc:
                         raise _Behind(f"rights could not be read: {exc}") from exc
                     self._sink.apply_rights(who, rights)
-        elif payload == "truncate":
-            self._sink.resync_all(ResyncReason.TRUNCATED)
+        elif payload.startswith("truncate "):
+            # Signed, but anyone LISTENing could have kept a copy: act on each truncate once.
+            xid = int(payload[len("truncate "):])
+            if xid > self._truncate_floor and xid not in self._truncates:
+                self._truncates.add(xid)
+                self._sink.resync_all(ResyncReason.TRUNCATED)
         else:
             await self._order_change(payload)
 

@@ -119,7 +119,7 @@ class Notifications:
 
     def _on_notification(self, conn: object, pid: int, channel: str, payload: str) -> None:
         if channel in self._signed:
-            opened = open_signed(self._key, payload)
+            opened = open_signed(self._key, channel, payload)
             if opened is None:
                 self.rejected += 1
                 # One line per unsigned notification would let its sender flood the log.
@@ -154,7 +154,7 @@ class Notifications:
                 try:
                     await self._connect()
                     break
-                except DB_ERRORS as exc:
+                except Exception as exc:  # a missing key as much as a refused connection
                     log.warning("listener reconnect failed (%s); retrying in %.2fs", exc, delay)
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, self._max_backoff)

@@ -1,7 +1,7 @@
-"""Signed notifications: the triggers send "<tag> <payload>", where the tag is the first 16
-bytes of HMAC-SHA256(key, payload) in hex and the key is a secret in `notification_key`
-(migration 0008) that writers cannot read. Anyone who can connect may NOTIFY; only what the
-triggers signed is believed."""
+"""Signed notifications: the triggers send "<tag> <payload>", where the tag is the first
+16 bytes of HMAC-SHA256(key, "<channel> <payload>") in hex and the key is a secret in
+`notification_key` (migration 0008) that writers cannot read. Anyone who can connect may
+NOTIFY; only what the triggers signed is believed."""
 
 from __future__ import annotations
 
@@ -21,20 +21,23 @@ async def load_key(conn: asyncpg.Connection) -> bytes:
     return bytes(key)
 
 
-def tag(key: bytes, payload: str) -> str:
-    """The tag the triggers compute for `payload` (tests use it to sign on purpose)."""
-    return hmac.new(key, payload.encode(), hashlib.sha256).digest()[:16].hex()
+def tag(key: bytes, channel: str, payload: str) -> str:
+    """The tag the triggers compute for `payload` on `channel` (tests sign with it on
+    purpose). The channel is signed too: a payload is only good where it was sent."""
+    return hmac.new(key, f"{channel} {payload}".encode(), hashlib.sha256).digest()[:16].hex()
 
 
-def sign(key: bytes, payload: str) -> str:
-    return f"{tag(key, payload)} {payload}"
+def sign(key: bytes, channel: str, payload: str) -> str:
+    return f"{tag(key, channel, payload)} {payload}"
 
 
-def open_signed(key: bytes, signed: str) -> str | None:
-    """The payload of a notification the triggers signed, or None if they did not."""
+def open_signed(key: bytes, channel: str, signed: str) -> str | None:
+    """The payload of a notification the triggers signed for `channel`, or None."""
     if len(signed) <= TAG_CHARS or signed[TAG_CHARS] != " ":
         return None
     payload = signed[TAG_CHARS + 1:]
-    if not hmac.compare_digest(signed[:TAG_CHARS], tag(key, payload)):
+    # As bytes: compare_digest refuses str with non-ASCII characters (a forger's choice).
+    expected = tag(key, channel, payload).encode()
+    if not hmac.compare_digest(signed[:TAG_CHARS].encode(), expected):
         return None
     return payload

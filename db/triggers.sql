@@ -22,13 +22,28 @@
 -- sign run as their owner (SECURITY DEFINER), so writers need no access to the key nor to
 -- order_changes, and cannot forge an event.
 
--- "<tag> <body>": the first 16 bytes of HMAC-SHA256(key, body) in hex, from the key's
--- inner and outer pads (RFC 2104).
-CREATE OR REPLACE FUNCTION orderstream_signed(inner_pad bytea, outer_pad bytea, body text)
-RETURNS text LANGUAGE sql IMMUTABLE AS $$
-    SELECT encode(substr(sha256(outer_pad || sha256(inner_pad || convert_to(body, 'UTF8'))),
-                         1, 16), 'hex') || ' ' || body
+-- "<tag> <body>": the tag is the first 16 bytes of HMAC-SHA256(key, "<channel> <body>") in
+-- hex (RFC 2104, from the key's inner and outer pads), so a payload signed for one channel
+-- is refused on another. The pads are read here, inside the function, and never passed as
+-- values: a value in a planned statement shows in plan dumps (debug_print_plan) a writer
+-- may turn on in its own session. Only the owner's functions call it.
+DROP FUNCTION IF EXISTS orderstream_signed(bytea, bytea, text);
+CREATE OR REPLACE FUNCTION orderstream_sign(channel text, body text)
+RETURNS text LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, public, pg_temp AS $$
+DECLARE
+    signed text;
+BEGIN
+    SELECT encode(substr(sha256(k.outer_pad || sha256(k.inner_pad
+                  || convert_to(channel || ' ' || body, 'UTF8'))), 1, 16), 'hex') || ' ' || body
+    INTO signed FROM public.notification_key k;
+    IF signed IS NULL THEN
+        RAISE EXCEPTION 'orderstream: notification_key is empty; run `python server.py migrate`';
+    END IF;
+    RETURN signed;
+END
 $$;
+REVOKE ALL ON FUNCTION orderstream_sign(text, text) FROM PUBLIC;
 
 -- One order as the JSON the API and the stream share (numbers as decimal strings,
 -- timestamps in UTC).
@@ -106,22 +121,20 @@ $$;
 -- The triggers number changes (nextval) in the order they are inserted and returned, so
 -- one transaction's notifications arrive in seq order. Plain SQL, so the planner inlines
 -- it: a PL/pgSQL call per row cost writers more than the notification itself.
-DROP FUNCTION IF EXISTS orderstream_announce(text, bigint, bigint, bigint, text);
-CREATE OR REPLACE FUNCTION orderstream_announce(inner_pad bytea, outer_pad bytea,
-                                                header text, seq bigint, owner_id bigint,
+DROP FUNCTION IF EXISTS orderstream_announce(bytea, bytea, text, bigint, bigint, bigint, text);
+CREATE OR REPLACE FUNCTION orderstream_announce(header text, seq bigint, owner_id bigint,
                                                 old_owner_id bigint, frame text)
 RETURNS void LANGUAGE sql VOLATILE AS $$
-    SELECT pg_notify('orders', orderstream_signed(inner_pad, outer_pad,
+    SELECT pg_notify('orders', orderstream_sign('orders',
         seq || ' ' || header || owner_id || ' ' || coalesce(old_owner_id::text, '-') || ' '
         || CASE WHEN octet_length(header) + octet_length(frame) < 7850 THEN frame ELSE '' END))
 $$;
 
 -- A statement of more than 100 rows: one notification for all of them.
-DROP FUNCTION IF EXISTS orderstream_announce_bulk(text);
-CREATE OR REPLACE FUNCTION orderstream_announce_bulk(inner_pad bytea, outer_pad bytea,
-                                                     header text)
+DROP FUNCTION IF EXISTS orderstream_announce_bulk(bytea, bytea, text);
+CREATE OR REPLACE FUNCTION orderstream_announce_bulk(header text)
 RETURNS void LANGUAGE sql VOLATILE AS $$
-    SELECT pg_notify('orders', orderstream_signed(inner_pad, outer_pad,
+    SELECT pg_notify('orders', orderstream_sign('orders',
         currval('order_event_seq') || ' ' || header || 'bulk'))
 $$;
 
@@ -132,10 +145,9 @@ DROP FUNCTION IF EXISTS orderstream_announce_bulk(bigint, text);
 -- row. The set-based statements below reference transition tables, which PostgreSQL plans
 -- anew on every call (about 0.4 ms); these statements use plain variables, so their plans
 -- are cached and a single-row write pays what a row trigger would.
-DROP FUNCTION IF EXISTS orderstream_log_one(text, orders, bigint, text, numeric);
+DROP FUNCTION IF EXISTS orderstream_log_one(text, orders, bigint, text, numeric, bytea, bytea);
 CREATE OR REPLACE FUNCTION orderstream_log_one(op text, o orders, old_owner_id bigint,
-                                               header text, ts numeric, inner_pad bytea,
-                                               outer_pad bytea)
+                                               header text, ts numeric)
 RETURNS void LANGUAGE plpgsql AS $$
 DECLARE
     seq   bigint := nextval('order_event_seq');
@@ -145,14 +157,15 @@ DECLARE
 BEGIN
     INSERT INTO order_changes (seq, owner_id, old_owner_id, frame)
     VALUES (seq, o.owner_id, moved, frame);
-    PERFORM orderstream_announce(inner_pad, outer_pad, header, seq, o.owner_id, moved, frame);
+    PERFORM orderstream_announce(header, seq, o.owner_id, moved, frame);
 END
 $$;
 
 -- Every statement that changes orders: log its changes and announce them. As its owner,
 -- with a fixed search_path: the writer needs no right to order_changes or the key.
 CREATE OR REPLACE FUNCTION orderstream_orders_changed()
-RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_catalog AS $$
+RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, public, pg_temp AS $$
 DECLARE
     op        text := lower(TG_OP);
     n         bigint;
@@ -160,8 +173,6 @@ DECLARE
     header    text := orderstream_change_header();
     ts        numeric := orderstream_now_ms();
     changed   text;
-    ipad      bytea;
-    opad      bytea;
 BEGIN
     -- Transition tables exist per event: each branch names only its own.
     IF TG_OP = 'DELETE' THEN
@@ -171,18 +182,14 @@ BEGIN
     END IF;
     IF n = 0 THEN
         RETURN NULL;
-    END IF;
-    SELECT inner_pad, outer_pad INTO ipad, opad FROM notification_key;
-    IF n = 1 THEN
+    ELSIF n = 1 THEN
         IF TG_OP = 'INSERT' THEN
-            PERFORM orderstream_log_one(op, r::orders, NULL, header, ts, ipad, opad)
-            FROM new_rows r;
+            PERFORM orderstream_log_one(op, r::orders, NULL, header, ts) FROM new_rows r;
         ELSIF TG_OP = 'UPDATE' THEN
             PERFORM orderstream_log_one(op, r::orders, (SELECT owner_id FROM old_rows),
-                                        header, ts, ipad, opad) FROM new_rows r;
+                                        header, ts) FROM new_rows r;
         ELSE
-            PERFORM orderstream_log_one(op, r::orders, NULL, header, ts, ipad, opad)
-            FROM old_rows r;
+            PERFORM orderstream_log_one(op, r::orders, NULL, header, ts) FROM old_rows r;
         END IF;
         RETURN NULL;
     END IF;
@@ -207,11 +214,11 @@ BEGIN
         '         orderstream_event_frame($1, c.seq, $2, c.o, c.owner_name)'
         '  FROM (SELECT nextval(''order_event_seq'') AS seq, j.* FROM (%s) j) c'
         '  RETURNING seq, owner_id, old_owner_id, frame)'
-        ' SELECT count(orderstream_announce($5, $6, $3, seq, owner_id, old_owner_id, frame))'
+        ' SELECT count(orderstream_announce($3, seq, owner_id, old_owner_id, frame))'
         ' FROM logged WHERE $4 <= 100', changed)
-    INTO announced USING op, ts, header, n, ipad, opad;
+    INTO announced USING op, ts, header, n;
     IF n > 100 THEN
-        PERFORM orderstream_announce_bulk(ipad, opad, header);
+        PERFORM orderstream_announce_bulk(header);
     END IF;
     RETURN NULL;
 END
@@ -250,12 +257,13 @@ DROP FUNCTION IF EXISTS orderstream_orders_deleted();
 -- TRUNCATE fires no row triggers: tell every session to reload, and expire every cursor
 -- taken before it (the change log cannot replay "everything vanished").
 CREATE OR REPLACE FUNCTION orderstream_orders_truncated()
-RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_catalog AS $$
+RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, public, pg_temp AS $$
 BEGIN
     UPDATE order_changes_horizon
     SET truncated_xid = greatest(truncated_xid, pg_current_xact_id());
-    PERFORM pg_notify('orders', orderstream_signed(inner_pad, outer_pad, 'truncate'))
-    FROM notification_key;
+    -- The xid makes a replayed copy recognisable (the listener acts on each truncate once).
+    PERFORM pg_notify('orders', orderstream_sign('orders', 'truncate ' || pg_current_xact_id()));
     RETURN NULL;
 END
 $$;
@@ -355,7 +363,7 @@ $$;
 CREATE OR REPLACE FUNCTION orderstream_quotes_version()
 RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    NEW.version := nextval('quote_version_seq');
+    NEW.version := nextval('public.quote_version_seq');  -- qualified: runs as the writer
     IF TG_OP = 'UPDATE' AND NEW.updated_at IS NOT DISTINCT FROM OLD.updated_at THEN
         NEW.updated_at := now();
     END IF;
@@ -370,11 +378,11 @@ CREATE TRIGGER quotes_version
 
 -- Signed like the orders' notifications, as the owner (the writer cannot read the key).
 CREATE OR REPLACE FUNCTION orderstream_quotes_notify()
-RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_catalog AS $$
+RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, public, pg_temp AS $$
 BEGIN
-    PERFORM pg_notify('quotes', orderstream_signed(inner_pad, outer_pad,
-                      orderstream_quote_json(NEW, orderstream_now_ms())::text))
-    FROM notification_key;
+    PERFORM pg_notify('quotes', orderstream_sign('quotes',
+                      orderstream_quote_json(NEW, orderstream_now_ms())::text));
     RETURN NULL;
 END
 $$;

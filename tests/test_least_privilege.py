@@ -14,12 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+import httpx
 import psycopg
 import pytest
 from psycopg import errors
 
 from db.embedded import database_url
-from tests.conftest import ROOT, ServerProcess, open_socket
+from tests.conftest import ROOT, ServerProcess, User, login, open_socket
 
 
 def _sql_blocks() -> list[str]:
@@ -118,5 +119,18 @@ async def test_serve_token_and_createuser_run_as_a_role_that_owns_nothing(
             updated = await ws.recv_type("order")
             assert (inserted["op"], inserted["order"]["id"]) == ("insert", order_id)
             assert (updated["op"], updated["order"]["price"]) == ("update", "11")
+        # The API as the app role: the list (it reads the event sequence), one order, the
+        # quotes, tokens, and a login form that makes a session row.
+        async with httpx.AsyncClient(base_url=server.base_url, headers=alice.auth) as client:
+            listed = await client.get("/api/orders")
+            assert listed.status_code == 200, listed.text
+            assert [row["id"] for row in listed.json()["items"]] == [order_id]
+            assert (await client.get(f"/api/orders/{order_id}")).status_code == 200
+            assert (await client.get("/api/quotes?instruments=ACME")).status_code == 200
+            assert (await client.get("/api/tokens")).status_code == 200
+            assert (await client.get("/healthz")).status_code == 200
+        async with httpx.AsyncClient(base_url=server.base_url) as browser:
+            user = User(alice_id, "alice", "alice-password", "", False)
+            await login(browser, user)
     finally:
         server.stop()

@@ -1,7 +1,8 @@
-"""Any role that can connect may NOTIFY. The triggers sign what they send on 'orders'
-(HMAC under notification_key, which writers cannot read); the listener ignores the rest.
-A correctly signed payload that claims a future transaction (a leaked key) is still caught
-by the position check and answered with resync."""
+"""Any role that can connect may NOTIFY. The triggers sign what they send on 'orders' and
+'quotes' (HMAC under notification_key, which writers cannot read); the listener ignores the
+rest, and a copy of a real truncate. A correctly signed payload that claims a future
+transaction (a leaked key) is still caught by the position check and answered with resync.
+A writer can neither read the key nor see the pads in plan dumps."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import secrets
 import psycopg
 
 from db.signing import open_signed, sign
-from tests.conftest import insert_order, metrics, open_socket
+from tests.conftest import ServerProcess, insert_order, metrics, open_socket
+from tests.support.database import new_user, own_database
 from tests.support.market import make_instrument, upsert_quote
 
 
@@ -36,9 +38,11 @@ async def test_unsigned_or_wrongly_signed_notifications_are_ignored(own_server, 
         for payload in (
             plausible,  # unsigned, shaped like the real thing
             "1 999999999998 1:999999999999: 999999 - {}",  # the old future-xid forgery
-            "truncate",  # would tell every session to reload
-            sign(secrets.token_bytes(64), plausible),  # signed, but not with the key
+            "truncate 999999999",  # would tell every session to reload
+            sign(secrets.token_bytes(64), "orders", plausible),  # signed, not with the key
+            sign(notification_key(sql), "quotes", plausible),  # signed for another channel
             "0" * 32 + " " + plausible,  # a tag of the right shape
+            "\u00e9" * 32 + " " + plausible,  # one compare_digest refuses to compare as str
         ):
             sql.execute("SELECT pg_notify('orders', %s)", (payload,))
         # Nothing reaches the socket: the next frame is the next real change.
@@ -46,7 +50,7 @@ async def test_unsigned_or_wrongly_signed_notifications_are_ignored(own_server, 
         after = await ws.recv_type("order")
         assert after["order"]["id"] == later, after
     counters = await metrics(own_server)
-    assert counters["orderstream_notifications_rejected_total"] == 5
+    assert counters["orderstream_notifications_rejected_total"] == 7
     assert counters["orderstream_resyncs_sent_total"] == 0
     assert counters["orderstream_forged_notifications_total"] == 0
 
@@ -61,7 +65,7 @@ async def test_a_signed_notification_past_the_database_resets_with_resync(own_se
     async with open_socket(own_server, alice) as ws:
         await ws.subscribe_orders()
         sql.execute("SELECT pg_notify('orders', %s)",
-                    (sign(key, "1 999999999998 1:999999999999: 999999 - {}"),))
+                    (sign(key, "orders", "1 999999999998 1:999999999999: 999999 - {}"),))
         resync = await ws.recv_type("resync", timeout=5)
         assert resync["reason"] == "forged notification"
         order_id = insert_order(sql, alice.id, "AFTER_RESET")
@@ -85,13 +89,13 @@ def test_the_triggers_sign_what_they_send_the_way_the_listener_checks(db_url, ma
                     " SELECT %s, 'BULK', 1, 1 FROM generate_series(1, 150)", (alice.id,))
         received = [n.payload for n in listen.notifies(timeout=5, stop_after=9)]
     assert len(received) == 9
-    opened = [open_signed(key, payload) for payload in received]
+    opened = [open_signed(key, "orders", payload) for payload in received]
     assert None not in opened, received
     assert opened[-1].endswith(" bulk")  # type: ignore[union-attr]
     assert "ÄÖÜ-€-日本" in opened[0]  # type: ignore[operator]
     # The signature covers the payload: one changed character and it is refused.
     tampered = received[0].replace("ÄÖÜ", "AOU")
-    assert open_signed(key, tampered) is None
+    assert open_signed(key, "orders", tampered) is None
 
 
 def test_writers_cannot_read_the_key_or_write_the_log(db_url):
@@ -123,3 +127,54 @@ async def test_an_unsigned_quote_is_ignored_and_a_signed_one_delivered(own_serve
         quote = await ws.recv_type("quote")
         assert (quote["version"], quote["last"]) == (version, "100.01"), quote
     assert (await metrics(own_server))["orderstream_notifications_rejected_total"] == 1
+
+
+async def test_a_replayed_truncate_is_acted_on_once(own_server, server_url):
+    """Anyone may LISTEN and keep a copy of a real, signed truncate notification; sending it
+    again must not make every session reload again."""
+    with own_database(server_url, "replay") as url:
+        user = new_user(url, prefix="replay")
+        proc = ServerProcess(url, own_server.data_dir)
+        proc.start()
+        try:
+            with psycopg.connect(url, autocommit=True) as sql, \
+                    psycopg.connect(url, autocommit=True) as listen:
+                listen.execute("LISTEN orders")
+                async with open_socket(proc, user) as ws:
+                    await ws.subscribe_orders()
+                    sql.execute("TRUNCATE orders")
+                    assert (await ws.recv_type("resync"))["reason"] == "orders truncated"
+                    (captured,) = [n.payload for n in listen.notifies(timeout=5, stop_after=1)]
+                    assert " truncate " in captured
+                    sql.execute("SELECT pg_notify('orders', %s)", (captured,))
+                    later = insert_order(sql, user.id, "AFTER_REPLAY")
+                    assert (await ws.recv_type("order"))["order"]["id"] == later
+        finally:
+            proc.stop()
+
+
+def test_a_writer_sees_no_pads_in_plan_dumps(db_url, make_user):
+    """A value passed into a planned statement shows in debug_print_plan, which any session
+    may turn on for itself: the pads are read inside the signing function, never passed."""
+    alice = make_user()
+    with psycopg.connect(db_url, autocommit=True) as sql:
+        key = notification_key(sql)
+        pads = [bytes(b ^ 0x36 for b in key).hex(), bytes(b ^ 0x5C for b in key).hex()]
+        dumped: list[str] = []
+        sql.add_notice_handler(lambda notice: dumped.append(
+            f"{notice.message_primary or ''} {notice.message_detail or ''}"))
+        sql.execute("SET client_min_messages = log")
+        sql.execute("SET debug_print_plan = on")
+        ids = [insert_order(sql, alice.id, "PLAN") for _ in range(3)]
+        for _ in range(7):  # past plpgsql's custom plans
+            sql.execute("UPDATE orders SET quantity = quantity + 1 WHERE id = ANY(%s)", (ids,))
+            sql.execute("UPDATE orders SET quantity = quantity + 1 WHERE id = %s", (ids[0],))
+        sql.execute("RESET debug_print_plan")
+    text = "\n".join(dumped)
+    assert ":consttype" in text, "no plan was dumped: the test would prove nothing"
+    for pad in pads:
+        # A bytea constant is dumped as its bytes in decimal, as signed chars (and the code
+        # that passed the pads as values showed them so).
+        raw = bytes.fromhex(pad)[:8]
+        signed = " ".join(str(b - 256 if b > 127 else b) for b in raw)
+        assert pad[:16] not in text and signed not in text

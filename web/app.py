@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TypedDict
@@ -40,7 +41,7 @@ from web.errors import (
     unreachable_handler,
 )
 from web.hub import Hub
-from web.metrics import CounterSync, counter_sync
+from web.metrics import CounterSync, counter_sync, mark_process_dead
 from web.passwords import Passwords
 from web.shutdown import close_sockets_on_signal
 from web.throttle import LoginThrottle
@@ -140,6 +141,8 @@ def create_app(settings: config.Settings, database_url: str) -> Starlette:
             metrics = counter_sync(hub, listener)
             syncer = asyncio.create_task(metrics.run(), name="metrics")
             stack.callback(syncer.cancel)
+            # Under --workers: this worker's live gauges leave the sums when it stops.
+            stack.callback(mark_process_dead, os.getpid())
             yield State(
                 settings=settings,
                 pool=pool,

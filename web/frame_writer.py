@@ -16,6 +16,8 @@ except ImportError:  # another server, or a uvicorn without that protocol: plain
     WebSocketsSansIOProtocol = None  # type: ignore[assignment,misc]
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
+_PROTOCOL_ATTRIBUTES = ("conn", "transport", "writable", "disconnected", "handshake_complete",
+                        "close_sent", "initial_response")
 
 
 class FrameWriter:
@@ -24,8 +26,11 @@ class FrameWriter:
     def __init__(self, send: Send) -> None:
         self._send = send
         protocol = getattr(send, "__self__", None)
-        self._protocol = (protocol if WebSocketsSansIOProtocol is not None
-                          and isinstance(protocol, WebSocketsSansIOProtocol) else None)
+        # What write() relies on of uvicorn's protocol: without any of it, plain sends.
+        usable = (WebSocketsSansIOProtocol is not None
+                  and isinstance(protocol, WebSocketsSansIOProtocol)
+                  and all(hasattr(protocol, name) for name in _PROTOCOL_ATTRIBUTES))
+        self._protocol = protocol if usable else None
 
     async def write(self, frames: list[str]) -> None:
         protocol = self._protocol

@@ -55,7 +55,7 @@ class FrameQueue:
         self._room = asyncio.Event()
         self._room.set()
         self.quotes = QuoteBox()
-        self._streak = 0  # frames taken in a row while quotes waited
+        self._streak = 0  # frames taken while quotes waited
         # Whether a quote may be written now (web/quotes.py pipe_gate): while the socket's
         # pipe is full, quotes wait in the box and conflate instead of queueing in the kernel.
         self.quote_gate: Callable[[], bool] = lambda: True
@@ -100,8 +100,6 @@ class FrameQueue:
                         await self._ready.wait()
             else:
                 await self._ready.wait()
-        if self.quotes:
-            self._streak += 1
         frame, event = self._frames.popleft()
         taken = [frame]
         size = len(frame) + FRAME_OVERHEAD
@@ -112,6 +110,8 @@ class FrameQueue:
                 frame = frames.popleft()[0]
                 taken.append(frame)
                 size += len(frame) + FRAME_OVERHEAD
+        if self.quotes:  # frames, not takes: one take may write hundreds of events
+            self._streak += len(taken)
         self.bytes -= size
         if self.bytes <= self.budget // 2:
             self._room.set()

@@ -27,7 +27,7 @@ from web.frames import ALL_OWNERS, OwnerKey
 from web.hub import Hub
 from web.metrics import SAMPLER
 from web.subprotocol import SUBPROTOCOL, chosen_subprotocol, token_without_subprotocol
-from web.subscriber import CLOSE, Subscriber
+from web.subscriber import CLOSE, Mode, Subscriber
 
 log = logging.getLogger(__name__)
 
@@ -238,7 +238,8 @@ async def _send_loop(websocket: WebSocket, sub: Subscriber, hub: Hub) -> None:
         else:
             await writer.write(frames)
             counters.frames_sent += len(frames)
-        SAMPLER.sample(frames[-1])
+        if sub.mode is Mode.CURRENT:  # replayed events would count their age as latency
+            SAMPLER.sample(frames[-1])
 
 
 async def websocket_endpoint(websocket: WebSocket) -> None:
