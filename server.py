@@ -134,6 +134,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seconds", type=float, default=3.0,
                    help="with --fanout: seconds of writing per rate and build;"
                         " with --quotes: seconds of writing")
+    p.add_argument("--latency-updates", type=_positive(int), default=300,
+                   help="with --fanout: single-row updates per build for the latency figure")
+    p.add_argument("--bulk-rows", type=_positive(int), default=50_000,
+                   help="with --fanout: rows of the big UPDATE timed with and without triggers")
     p.add_argument("--quotes", action="store_true",
                    help="instead: market data, --sessions sessions each on 10 of 100 instruments")
     p.add_argument("--sessions", type=_positive(int), default=1000,
@@ -284,7 +288,8 @@ def _run(command: str, args: argparse.Namespace, settings: config.Settings, url:
             rates = [int(rate) for rate in args.rates.split(",")]
         except ValueError:
             return _fail(f"--rates: expected comma-separated integers, got {args.rates!r}")
-        return run_fanout_bench(url, settings, rates, args.seconds)
+        return run_fanout_bench(url, settings, rates, args.seconds, args.latency_updates,
+                                args.bulk_rows)
     if command == "bench" and args.quotes:
         from cli.bench_quotes import run_quotes_bench
 

@@ -197,10 +197,80 @@ def _run_rate(db: psycopg.Connection, build: Build, rate: int, seconds: float) -
                   _pct(latencies, 0.99), cpu / max(received, 1) * 1e6)
 
 
+@dataclass
+class Extras:
+    """What `bench --fanout` measures beside the rates: single-event latency of each build
+    (commit returned -> frame received), and the writer's cost of a big UPDATE."""
+
+    latency_ms: dict[str, list[float]]
+    bulk_rows: int
+    bulk_seconds: dict[str, list[float]]
+
+
+async def _single_event_latency(url: str, builds: list[Build],
+                                updates: int) -> dict[str, list[float]]:
+    """One socket per build; single-row UPDATEs, alternating builds update by update."""
+    spans: dict[str, list[float]] = {build.name: [] for build in builds}
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as db:
+        sockets = []
+        for build in builds:
+            target = build.targets[0]
+            ws = await websockets.connect(target.url, additional_headers=target.headers,
+                                          max_size=2**24, compression=None)
+            if target.subscribe:
+                await ws.send(json.dumps({"op": "subscribe", "channel": "orders"}))
+                assert '"subscribed"' in await ws.recv()
+            sockets.append((build, ws, build.rows[target.owner][0]))
+        try:
+            for _ in range(updates):
+                for build, ws, row in sockets:
+                    await db.execute(f"UPDATE {build.table} SET quantity = quantity %% 9 + 1"  # noqa: S608
+                                     " WHERE id = %s", (row,))
+                    committed = time.perf_counter()
+                    while _ts_of(await asyncio.wait_for(ws.recv(), 10)) is None:  # type: ignore[arg-type]
+                        pass
+                    spans[build.name].append((time.perf_counter() - committed) * 1000)
+        finally:
+            for _, ws, _ in sockets:
+                await ws.close()
+    return spans
+
+
+def _bulk_update_seconds(db: psycopg.Connection, owner: int, rows: int,
+                         rounds: int = 3) -> dict[str, list[float]]:
+    """The same `rows`-row UPDATE on orders (our triggers) and on a copy without triggers,
+    interleaved `rounds` times: what the triggers cost the writer of a big statement."""
+    db.execute("DROP TABLE IF EXISTS bench_plain_orders")
+    db.execute("CREATE TABLE bench_plain_orders (LIKE orders INCLUDING ALL)")
+    db.execute("INSERT INTO orders (owner_id, instrument, quantity, price)"
+               " SELECT %s, 'BULK', 1, 100 FROM generate_series(1, %s)", (owner, rows))
+    db.execute("INSERT INTO bench_plain_orders OVERRIDING SYSTEM VALUE SELECT * FROM orders"
+               " WHERE owner_id = %s"
+               " AND instrument = 'BULK'", (owner,))
+    db.execute("ANALYZE orders")
+    db.execute("ANALYZE bench_plain_orders")
+    seconds: dict[str, list[float]] = {"orders (our triggers)": [], "no triggers": []}
+    try:
+        for _ in range(rounds):
+            for name, table in (("orders (our triggers)", "orders"),
+                                ("no triggers", "bench_plain_orders")):
+                started = time.perf_counter()
+                db.execute(f"UPDATE {table} SET price = price + 1"  # noqa: S608
+                           " WHERE owner_id = %s AND instrument = 'BULK'", (owner,))
+                seconds[name].append(time.perf_counter() - started)
+    finally:
+        db.execute("DROP TABLE IF EXISTS bench_plain_orders")
+        db.execute("DELETE FROM orders WHERE owner_id = %s AND instrument = 'BULK'", (owner,))
+    return seconds
+
+
 def run_fanout(url: str, ours: subprocess.Popen[bytes], port: int,
-               owners: list[tuple[int, str]], rates: list[int], seconds: float) -> list[Result]:
+               owners: list[tuple[int, str]], rates: list[int], seconds: float,
+               latency_updates: int = 300,
+               bulk_rows: int = 50_000) -> tuple[list[Result], Extras]:
     """Measure orderstream (serving on `port`; `owners` are (user id, API token) pairs)
-    against the naive build, which this starts and stops, rate by rate, interleaved."""
+    against the naive build, which this starts and stops, rate by rate, interleaved; then
+    single-event latency of both, and the triggers' cost to a `bulk_rows`-row UPDATE."""
     with psycopg.connect(url, autocommit=True) as db:
         naive_build.install(db)
         owner_ids = [owner for owner, _ in owners]
@@ -224,7 +294,9 @@ def run_fanout(url: str, ours: subprocess.Popen[bytes], port: int,
             for rate in rates:
                 for build in builds:
                     results.append(_run_rate(db, build, rate, seconds))
-            return results
+            latency = asyncio.run(_single_event_latency(url, builds, latency_updates))
+            bulk = _bulk_update_seconds(db, owner_ids[0], bulk_rows)
+            return results, Extras(latency, bulk_rows, bulk)
         finally:
             naive.terminate()
             naive.wait(10)
@@ -247,7 +319,7 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def report(results: list[Result]) -> None:
+def report(results: list[Result], extras: Extras) -> None:
     print("fan-out: 100 sessions (2 owners x 50), one SQL batch every 10 ms,"
           f" held = p99 <= {HELD_P99_MS:g} ms and nothing missing")
     print(f"  {'frames/s':>9} {'build':12} {'p50 ms':>8} {'p99 ms':>8} {'missing':>8}"
@@ -265,10 +337,27 @@ def report(results: list[Result]) -> None:
         held = [r.rate for r in results if r.build == build and r.held]
         print(f"  highest rate held by {build}: {max(held):,d} frames/s" if held
               else f"  {build} held none of the rates")
+    print("single event, commit returned -> frame received (one socket each, interleaved):")
+    p99 = {}
+    for build, spans in extras.latency_ms.items():
+        p99[build] = _pct(spans, 0.99)
+        print(f"  {build:12} p50 {_pct(spans, 0.5):6.3f} ms   p99 {p99[build]:6.3f} ms"
+              f"   (n={len(spans)})")
+    if p99.get("naive"):
+        print(f"  p99 orderstream / naive = {p99['orderstream'] / p99['naive']:.2f}x")
+    print(f"UPDATE of {extras.bulk_rows:,d} rows in one statement (interleaved, seconds):")
+    medians = {}
+    for name, values in extras.bulk_seconds.items():
+        medians[name] = sorted(values)[len(values) // 2]
+        print(f"  {name:22} median {medians[name]:6.3f}   all "
+              + " ".join(f"{v:.3f}" for v in values))
+    plain = medians.get("no triggers")
+    if plain:
+        print(f"  with our triggers / without = {medians['orders (our triggers)'] / plain:.2f}x")
 
 
 def run_fanout_bench(url: str, settings: config.Settings, rates: list[int],
-                     seconds: float) -> int:
+                     seconds: float, latency_updates: int = 300, bulk_rows: int = 50_000) -> int:
     """`bench --fanout`: start orderstream, make two owners, measure, report, clean up."""
     from cli.bench import _start_server
 
@@ -281,7 +370,8 @@ def run_fanout_bench(url: str, settings: config.Settings, rates: list[int],
     print(f"orderstream bench --fanout: server pid {proc.pid} on port {port},"
           f" {os.cpu_count()} CPUs, {seconds:g} s per rate and build")
     try:
-        report(run_fanout(url, proc, port, owners, rates, seconds))
+        report(*run_fanout(url, proc, port, owners, rates, seconds, latency_updates,
+                           bulk_rows))
     finally:
         proc.terminate()
         proc.wait(15)
