@@ -49,10 +49,11 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _start_server(url: str, settings: config.Settings) -> tuple[subprocess.Popen[bytes], int]:
+def _start_server(url: str, settings: config.Settings,
+                  **env_extra: str) -> tuple[subprocess.Popen[bytes], int]:
     port = _free_port()
     env = {**os.environ, "DATABASE_URL": url, "ORDERSTREAM_LOG_LEVEL": "warning",
-           "ORDERSTREAM_DATA_DIR": str(settings.data_path)}
+           "ORDERSTREAM_DATA_DIR": str(settings.data_path), **env_extra}
     command = [sys.executable, str(ROOT / "server.py"), "serve", "--port", str(port)]
     proc = subprocess.Popen(command, cwd=ROOT, env=env)  # noqa: S603 (our own fixed argv)
     deadline = time.monotonic() + 30

@@ -59,10 +59,12 @@ class Result:
     p50: float
     p99: float
     cpu_us_per_frame: float
+    failures: int = 0  # sockets that could not be opened
+    rss: int = 0  # the server's resident memory at the end, bytes
 
     @property
     def held(self) -> bool:
-        return self.missing == 0 and self.p99 <= HELD_P99_MS
+        return self.failures == 0 and self.missing == 0 and self.p99 <= HELD_P99_MS
 
 
 def _ts_of(frame: str) -> float | None:
@@ -73,15 +75,26 @@ def _ts_of(frame: str) -> float | None:
     return float(frame[start + 4:end].lstrip(" :"))
 
 
-async def _client(pipe: Connection, targets: list[Target]) -> None:
-    sockets = []
-    for target in targets:
-        ws = await websockets.connect(target.url, additional_headers=target.headers,
-                                      max_size=2**24, compression=None)
-        if target.subscribe:
-            await ws.send(json.dumps({"op": "subscribe", "channel": "orders"}))
-            assert '"subscribed"' in await ws.recv()
-        sockets.append(ws)
+async def _open(target: Target) -> websockets.ClientConnection:
+    ws = await websockets.connect(target.url, additional_headers=target.headers,
+                                  max_size=2**24, compression=None, open_timeout=30)
+    if target.subscribe:
+        await ws.send(json.dumps({"op": "subscribe", "channel": "orders"}))
+        if '"subscribed"' not in await asyncio.wait_for(ws.recv(), 30):
+            raise RuntimeError("no subscribed frame")
+    return ws
+
+
+async def _client(pipe: Connection, all_targets: list[Target]) -> None:
+    # Opened 50 at a time, all at once past that would only measure the accept queue.
+    opened: list[websockets.ClientConnection | BaseException] = []
+    for start in range(0, len(all_targets), 50):
+        opened += await asyncio.gather(*(_open(t) for t in all_targets[start:start + 50]),
+                                       return_exceptions=True)
+    targets = [t for t, ws in zip(all_targets, opened, strict=True)
+               if not isinstance(ws, BaseException)]
+    sockets = [ws for ws in opened if not isinstance(ws, BaseException)]
+    failures = len(all_targets) - len(sockets)
     latencies: list[float] = []
     counts = [0] * len(sockets)
 
@@ -93,7 +106,7 @@ async def _client(pipe: Connection, targets: list[Target]) -> None:
                 counts[index] += 1
 
     readers = [asyncio.create_task(read(i, ws)) for i, ws in enumerate(sockets)]
-    pipe.send("ready")
+    pipe.send(("ready", failures))
     # The writer runs now; then the parent says how many events each owner got.
     expected, timeout = await asyncio.get_running_loop().run_in_executor(None, pipe.recv)
     deadline = time.monotonic() + timeout
@@ -152,23 +165,30 @@ class Build:
         self.rows = rows
 
 
-def _run_rate(db: psycopg.Connection, build: Build, rate: int, seconds: float) -> Result:
+def _run_rate(db: psycopg.Connection, build: Build, rate: int, seconds: float,
+              targets: list[Target] | None = None, processes: int = CLIENT_PROCESSES,
+              interval: float = BATCH_INTERVAL) -> Result:
+    """`rate` frames/s to `targets` (the build's 100 sessions unless given), one SQL batch
+    every `interval` seconds, for `seconds`."""
+    targets = build.targets if targets is None else targets
+    sockets_per_owner = len(targets) // len(build.rows)
     context = multiprocessing.get_context("spawn")
     clients = []
-    for i in range(CLIENT_PROCESSES):
+    for i in range(processes):
         parent, child = context.Pipe()
         process = context.Process(target=_client_main,
-                                  args=(child, build.targets[i::CLIENT_PROCESSES]), daemon=True)
+                                  args=(child, targets[i::processes]), daemon=True)
         process.start()
         clients.append((process, parent))
+    failures = 0
     for _, pipe in clients:
-        if pipe.recv() != "ready":
-            raise RuntimeError("a client process failed to connect")
-    # Events per 10 ms batch: each event reaches the owner's 50 sockets.
-    per_batch = max(1, round(rate / SOCKETS_PER_OWNER * BATCH_INTERVAL))
+        _, failed = pipe.recv()
+        failures += failed
+    # Events per batch: each event reaches the owner's sockets.
+    per_batch = max(1, round(rate / sockets_per_owner * interval))
     owners = sorted(build.rows)
     committed = dict.fromkeys(owners, 0)
-    batches = int(seconds / BATCH_INTERVAL)
+    batches = int(seconds / interval)
     server = psutil.Process(build.proc.pid)
     cpu_before = _cpu_seconds(server)
     started = time.perf_counter()
@@ -180,7 +200,7 @@ def _run_rate(db: psycopg.Connection, build: Build, rate: int, seconds: float) -
             committed[owner] += 1
         db.execute(f"UPDATE {build.table} SET quantity = quantity %% 9 + 1"  # noqa: S608
                    " WHERE id = ANY(%s)", (ids,))
-        pause = started + (batch + 1) * BATCH_INTERVAL - time.perf_counter()
+        pause = started + (batch + 1) * interval - time.perf_counter()
         if pause > 0:
             time.sleep(pause)
     for _, pipe in clients:
@@ -192,9 +212,10 @@ def _run_rate(db: psycopg.Connection, build: Build, rate: int, seconds: float) -
         latencies.extend(values)
         process.join(10)
     cpu = _cpu_seconds(server) - cpu_before
-    expected = sum(committed.values()) * SOCKETS_PER_OWNER
+    expected = sum(committed.values()) * sockets_per_owner
     return Result(build.name, rate, received, expected - received, _pct(latencies, 0.5),
-                  _pct(latencies, 0.99), cpu / max(received, 1) * 1e6)
+                  _pct(latencies, 0.99), cpu / max(received, 1) * 1e6, failures,
+                  server.memory_info().rss)
 
 
 @dataclass
@@ -205,6 +226,7 @@ class Extras:
     latency_ms: dict[str, list[float]]
     bulk_rows: int
     bulk_seconds: dict[str, list[float]]
+    sessions: Result | None = None  # many sessions at once (orderstream only)
 
 
 async def _single_event_latency(url: str, builds: list[Build],
@@ -266,8 +288,8 @@ def _bulk_update_seconds(db: psycopg.Connection, owner: int, rows: int,
 
 def run_fanout(url: str, ours: subprocess.Popen[bytes], port: int,
                owners: list[tuple[int, str]], rates: list[int], seconds: float,
-               latency_updates: int = 300,
-               bulk_rows: int = 50_000) -> tuple[list[Result], Extras]:
+               latency_updates: int = 300, bulk_rows: int = 50_000,
+               scale_sessions: int = 0) -> tuple[list[Result], Extras]:
     """Measure orderstream (serving on `port`; `owners` are (user id, API token) pairs)
     against the naive build, which this starts and stops, rate by rate, interleaved; then
     single-event latency of both, and the triggers' cost to a `bulk_rows`-row UPDATE."""
@@ -296,7 +318,16 @@ def run_fanout(url: str, ours: subprocess.Popen[bytes], port: int,
                     results.append(_run_rate(db, build, rate, seconds))
             latency = asyncio.run(_single_event_latency(url, builds, latency_updates))
             bulk = _bulk_update_seconds(db, owner_ids[0], bulk_rows)
-            return results, Extras(latency, bulk_rows, bulk)
+            sessions = None
+            if scale_sessions:
+                # Issue 8's setup: the owners' sessions split evenly, one update per owner per
+                # second, so every update is a burst to half the sessions.
+                many = [Target(f"ws://127.0.0.1:{port}/ws",
+                               {"Authorization": f"Bearer {token}"}, True, owner)
+                        for owner, token in owners for _ in range(scale_sessions // OWNERS)]
+                sessions = _run_rate(db, builds[0], scale_sessions, max(seconds, 5.0),
+                                     targets=many, processes=4, interval=1.0 / OWNERS)
+            return results, Extras(latency, bulk_rows, bulk, sessions)
         finally:
             naive.terminate()
             naive.wait(10)
@@ -328,7 +359,8 @@ def report(results: list[Result], extras: Extras) -> None:
     for r in results:
         by_rate.setdefault(r.rate, {})[r.build] = r
         print(f"  {r.rate:9,d} {r.build:12} {r.p50:8.2f} {r.p99:8.2f} {r.missing:8d}"
-              f" {r.cpu_us_per_frame:13.1f}  {'yes' if r.held else 'no'}")
+              f" {r.cpu_us_per_frame:13.1f}  {'yes' if r.held else 'no'}"
+              + (f" ({r.failures} sockets failed to open)" if r.failures else ""))
     for rate, pair in by_rate.items():
         if "orderstream" in pair and "naive" in pair:
             ratio = pair["orderstream"].cpu_us_per_frame / pair["naive"].cpu_us_per_frame
@@ -354,10 +386,18 @@ def report(results: list[Result], extras: Extras) -> None:
     plain = medians.get("no triggers")
     if plain:
         print(f"  with our triggers / without = {medians['orders (our triggers)'] / plain:.2f}x")
+    many = extras.sessions
+    if many is not None:
+        print(f"many sessions ({many.rate:,d} sessions, one update per owner per second,"
+              f" {many.rate:,d} frames/s):")
+        print(f"  failures {many.failures}   missing {many.missing}   p50 {many.p50:.1f} ms"
+              f"   p99 {many.p99:.1f} ms   CPU {many.cpu_us_per_frame:.1f} us/frame"
+              f"   server RSS {many.rss / 2**20:.0f} MiB")
 
 
 def run_fanout_bench(url: str, settings: config.Settings, rates: list[int],
-                     seconds: float, latency_updates: int = 300, bulk_rows: int = 50_000) -> int:
+                     seconds: float, latency_updates: int = 300, bulk_rows: int = 50_000,
+                     scale_sessions: int = 0) -> int:
     """`bench --fanout`: start orderstream, make two owners, measure, report, clean up."""
     from cli.bench import _start_server
 
@@ -366,12 +406,14 @@ def run_fanout_bench(url: str, settings: config.Settings, rates: list[int],
         name = f"bench_fan_{os.urandom(4).hex()}"
         owners.append((create_user(url, Passwords(1, 8192), name, os.urandom(12).hex(), False),
                        create_token(url, name)))
-    proc, port = _start_server(url, settings)
+    # Two synthetic users hold all the sessions: the per-user socket cap (a defence against
+    # one account hogging a server) would refuse most of them.
+    proc, port = _start_server(url, settings, ORDERSTREAM_MAX_SOCKETS_PER_USER="0")
     print(f"orderstream bench --fanout: server pid {proc.pid} on port {port},"
           f" {os.cpu_count()} CPUs, {seconds:g} s per rate and build")
     try:
         report(*run_fanout(url, proc, port, owners, rates, seconds, latency_updates,
-                           bulk_rows))
+                           bulk_rows, scale_sessions))
     finally:
         proc.terminate()
         proc.wait(15)

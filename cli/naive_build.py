@@ -62,6 +62,7 @@ class PubSub:
         self.dsn = dsn
         self.conn: asyncpg.Connection | None = None
         self.queues: dict[str, set[asyncio.Queue[str]]] = {}
+        self._listening = asyncio.Lock()  # one command at a time on the connection
 
     async def start(self) -> None:
         self.conn = await asyncpg.connect(self.dsn)
@@ -78,9 +79,10 @@ class PubSub:
     async def subscribe(self, channel: str) -> AsyncIterator[asyncio.Queue[str]]:
         assert self.conn is not None
         queue: asyncio.Queue[str] = asyncio.Queue()
-        if channel not in self.queues:
-            self.queues[channel] = set()
-            await self.conn.add_listener(channel, self._deliver)
+        async with self._listening:
+            if channel not in self.queues:
+                await self.conn.add_listener(channel, self._deliver)
+                self.queues[channel] = set()
         self.queues[channel].add(queue)
         try:
             yield queue
@@ -99,8 +101,9 @@ def create_app(dsn: str) -> Starlette:
 
     async def endpoint(websocket: WebSocket) -> None:
         owner = int(websocket.query_params["owner"])
-        await websocket.accept()
         async with pubsub.subscribe(f"owner_{owner}") as queue:
+            # Accepted once LISTENing: a client that is connected misses nothing.
+            await websocket.accept()
 
             async def forward() -> None:
                 while True:

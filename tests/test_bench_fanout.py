@@ -18,7 +18,7 @@ from tests.conftest import ROOT
 def test_fanout_bench_reports_both_builds_with_nothing_missing(db_url: str) -> None:
     result = subprocess.run(
         [sys.executable, "server.py", "bench", "--fanout", "--rates", "1000", "--seconds", "0.5",
-         "--latency-updates", "20", "--bulk-rows", "2000"],
+         "--latency-updates", "20", "--bulk-rows", "2000", "--scale-sessions", "40"],
         cwd=ROOT, env={**os.environ, "DATABASE_URL": db_url, "ORDERSTREAM_LOG_LEVEL": "warning"},
         capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -30,6 +30,8 @@ def test_fanout_bench_reports_both_builds_with_nothing_missing(db_url: str) -> N
                          result.stdout, re.M)
     assert latency == ["orderstream", "naive"], result.stdout
     assert re.search(r"with our triggers / without = [\d.]+x", result.stdout), result.stdout
+    assert re.search(r"many sessions \(40 sessions.*\n\s+failures 0\s+missing 0\s",
+                     result.stdout), result.stdout
     with psycopg.connect(db_url) as conn:
         # The naive build's table and the bench's users are gone.
         assert conn.execute("SELECT to_regclass('bench_naive_orders')").fetchone() == (None,)
