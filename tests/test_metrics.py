@@ -129,3 +129,19 @@ def test_an_unknown_log_format_is_refused_in_one_line(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "log_format" in result.stderr and "'xml'" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+
+async def test_refusals_are_counted_by_status(own_server: ServerProcess, make_user) -> None:
+    user: User = make_user()
+    oversized = b"{" + b" " * (70 * 1024) + b"}"  # past the 64 KiB body cap
+    counted = []
+    async with httpx.AsyncClient(base_url=own_server.base_url, headers=user.auth) as client:
+        for _ in range(2):
+            response = await client.post("/api/orders", content=oversized,
+                                         headers={"Content-Type": "application/json"})
+            assert response.status_code == 413
+            families = await _families(own_server)
+            counted.append(families["orderstream_http_refusals"]
+                           ["orderstream_http_refusals_total{status=413}"])
+    assert counted == [1, 2]

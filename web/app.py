@@ -41,7 +41,7 @@ from web.errors import (
     unreachable_handler,
 )
 from web.hub import Hub
-from web.metrics import CounterSync, counter_sync, mark_process_dead
+from web.metrics import CounterSync, CountRefusals, counter_sync, mark_process_dead
 from web.passwords import Passwords
 from web.shutdown import close_sockets_on_signal
 from web.throttle import LoginThrottle
@@ -172,6 +172,7 @@ def create_app(settings: config.Settings, database_url: str) -> Starlette:
     ]
     middleware = [
         Middleware(ws.KeepRawSend),
+        Middleware(CountRefusals),
         Middleware(SecurityHeaders),
         Middleware(BodyLimit),  # before sessions and auth: a 413 costs no database query
         Middleware(Sessions, secret_key=secret, secure=settings.cookie_secure),

@@ -18,6 +18,7 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 # Set by `serve --workers N` before the workers start (prometheus-client reads it when
 # metrics are created): every worker then writes its values to files there, and a scrape of
@@ -65,6 +66,34 @@ DELIVERY = Histogram(
     "Trigger-to-send latency of order events, sampled at most every 10 ms per process.",
     buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
+
+
+# The answers that turn a request away, by status: 413 (body too large), 429 (throttled),
+# 503 (database or pool unavailable; a refused /ws handshake too).
+REFUSALS = Counter("orderstream_http_refusals",
+                   "Requests turned away: 413 body too large, 429 throttled, 503 unavailable.",
+                   ["status"])
+_REFUSED = frozenset({413, 429, 503})
+_RESPONSE_STARTS = frozenset({"http.response.start", "websocket.http.response.start"})
+
+
+class CountRefusals:
+    """ASGI middleware: counts the 413, 429 and 503 answers, whichever layer gave them."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+
+        async def counting(message: Message) -> None:
+            if message["type"] in _RESPONSE_STARTS and message.get("status") in _REFUSED:
+                REFUSALS.labels(str(message["status"])).inc()
+            await send(message)
+
+        await self.app(scope, receive, counting)
 
 
 class DeliverySampler:
