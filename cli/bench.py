@@ -34,6 +34,9 @@ def _now_ms() -> float:
 
 
 def _pct(values: list[float], q: float) -> float:
+    """The q-quantile of `values` (NaN for none: a run where nothing arrived)."""
+    if not values:
+        return float("nan")
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 

@@ -28,7 +28,9 @@ import websockets
 
 import config
 from cli import naive_build
+from cli.bench import _free_port, _pct, _start_server
 from cli.users import create_token, create_user
+from web.frames import event_ts
 from web.passwords import Passwords
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -67,14 +69,6 @@ class Result:
         return self.failures == 0 and self.missing == 0 and self.p99 <= HELD_P99_MS
 
 
-def _ts_of(frame: str) -> float | None:
-    start = frame.find('"ts"')
-    if start < 0 or '"order"' not in frame[:20]:
-        return None
-    end = frame.find(",", start)
-    return float(frame[start + 4:end].lstrip(" :"))
-
-
 async def _open(target: Target) -> websockets.ClientConnection:
     ws = await websockets.connect(target.url, additional_headers=target.headers,
                                   max_size=2**24, compression=None, open_timeout=30)
@@ -100,7 +94,7 @@ async def _client(pipe: Connection, all_targets: list[Target]) -> None:
 
     async def read(index: int, ws: websockets.ClientConnection) -> None:
         while True:
-            ts = _ts_of(await ws.recv())  # type: ignore[arg-type]
+            ts = event_ts(await ws.recv())  # type: ignore[arg-type]
             if ts is not None:
                 latencies.append(time.time() * 1000 - ts)
                 counts[index] += 1
@@ -123,13 +117,6 @@ async def _client(pipe: Connection, all_targets: list[Target]) -> None:
 
 def _client_main(pipe: Connection, targets: list[Target]) -> None:
     asyncio.run(_client(pipe, targets))
-
-
-def _pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def _wait_healthy(url: str, proc: subprocess.Popen[bytes]) -> None:
@@ -249,7 +236,7 @@ async def _single_event_latency(url: str, builds: list[Build],
                     await db.execute(f"UPDATE {build.table} SET quantity = quantity %% 9 + 1"  # noqa: S608
                                      " WHERE id = %s", (row,))
                     committed = time.perf_counter()
-                    while _ts_of(await asyncio.wait_for(ws.recv(), 10)) is None:  # type: ignore[arg-type]
+                    while event_ts(await asyncio.wait_for(ws.recv(), 10)) is None:  # type: ignore[arg-type]
                         pass
                     spans[build.name].append((time.perf_counter() - committed) * 1000)
         finally:
@@ -342,14 +329,6 @@ def _rows(db: psycopg.Connection, table: str, owner: int) -> list[int]:
         (owner, ROWS_PER_OWNER)).fetchall()]
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def report(results: list[Result], extras: Extras) -> None:
     print("fan-out: 100 sessions (2 owners x 50), one SQL batch every 10 ms,"
           f" held = p99 <= {HELD_P99_MS:g} ms and nothing missing")
@@ -399,8 +378,6 @@ def run_fanout_bench(url: str, settings: config.Settings, rates: list[int],
                      seconds: float, latency_updates: int = 300, bulk_rows: int = 50_000,
                      scale_sessions: int = 0) -> int:
     """`bench --fanout`: start orderstream, make two owners, measure, report, clean up."""
-    from cli.bench import _start_server
-
     owners = []
     for _ in range(OWNERS):
         name = f"bench_fan_{os.urandom(4).hex()}"

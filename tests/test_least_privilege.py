@@ -94,15 +94,17 @@ async def test_serve_token_and_createuser_run_as_a_role_that_owns_nothing(
     migrate_as_app = cli(app_url, "migrate")
     assert migrate_as_app.returncode != 0  # nothing to migrate, but no right to try either
 
+    with psycopg.connect(roles.url(roles.writer), autocommit=True) as writer:
+        (alice_id,) = writer.execute(
+            "SELECT id FROM users WHERE username = 'alice'").fetchone()  # type: ignore[misc]
+    alice = User(alice_id, "alice", "alice-password", token.stdout.strip(), False)
+
     server = ServerProcess(app_url, tmp_path)
     server.start()
     try:
-        alice = type("U", (), {"auth": {"Authorization": f"Bearer {token.stdout.strip()}"}})()
-        async with open_socket(server, alice) as ws:  # type: ignore[arg-type]
+        async with open_socket(server, alice) as ws:
             await ws.subscribe_orders()
             with psycopg.connect(roles.url(roles.writer), autocommit=True) as writer:
-                (alice_id,) = writer.execute(
-                    "SELECT id FROM users WHERE username = 'alice'").fetchone()  # type: ignore[misc]
                 (order_id,) = writer.execute(
                     "INSERT INTO orders (owner_id, instrument, quantity, price)"
                     " VALUES (%s, 'LEASTPRIV', 1, 10) RETURNING id",
@@ -130,7 +132,6 @@ async def test_serve_token_and_createuser_run_as_a_role_that_owns_nothing(
             assert (await client.get("/api/tokens")).status_code == 200
             assert (await client.get("/healthz")).status_code == 200
         async with httpx.AsyncClient(base_url=server.base_url) as browser:
-            user = User(alice_id, "alice", "alice-password", "", False)
-            await login(browser, user)
+            await login(browser, alice)
     finally:
         server.stop()

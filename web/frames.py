@@ -17,6 +17,21 @@ def with_cursor(frame: str, cursor: str) -> str:
     return f'{frame[:-1]}, "cursor" : "{cursor}"}}'
 
 
+def event_ts(frame: str) -> float | None:
+    """The `ts` (epoch ms at the trigger) of an order event frame, without decoding it; None
+    for any other frame. Order events start with their type: the trigger's
+    `{"type" : "order"` (json_build_object's spacing) or json.dumps's `{"type": "order"`."""
+    if '"order"' not in frame[:20]:
+        return None
+    start = frame.find('"ts"')
+    if start < 0:
+        return None
+    try:
+        return float(frame[start + 4:frame.find(",", start)].lstrip(" :"))
+    except ValueError:
+        return None
+
+
 def resync_frame(reason: str) -> str:
     return json.dumps({"type": "resync", "reason": reason})
 

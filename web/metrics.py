@@ -7,6 +7,7 @@ import asyncio
 import os
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -19,6 +20,12 @@ from prometheus_client import (
     multiprocess,
 )
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from web.frames import event_ts
+
+if TYPE_CHECKING:
+    from db.listener import Listener
+    from web.hub import Hub
 
 # Set by `serve --workers N` before the workers start (prometheus-client reads it when
 # metrics are created): every worker then writes its values to files there, and a scrape of
@@ -107,20 +114,12 @@ class DeliverySampler:
 
     def sample(self, frame: str) -> None:
         now = time.monotonic()
-        # Order event frames only: they start with their type (the trigger's
-        # `{"type" : "order"`, or json.dumps's `{"type": "order"` for a re-shaped one).
-        if now < self._next or '"order"' not in frame[:20]:
+        if now < self._next:
             return
-        # json_build_object writes `"ts" : 1733...`; json.dumps writes `"ts": 1733...`.
-        start = frame.find('"ts"')
-        if start < 0:
+        ts_ms = event_ts(frame)
+        if ts_ms is None:
             return
         self._next = now + self.INTERVAL
-        end = frame.find(",", start)
-        try:
-            ts_ms = float(frame[start + 4:end].lstrip(" :"))
-        except ValueError:
-            return
         DELIVERY.observe(max(0.0, time.time() - ts_ms / 1000))
 
 
@@ -154,9 +153,9 @@ class CounterSync:
             await asyncio.sleep(interval)
 
 
-def counter_sync(hub: object, listener: object) -> CounterSync:
+def counter_sync(hub: Hub, listener: Listener) -> CounterSync:
     """A CounterSync for this process's hub and listener."""
-    counters = hub.counters  # type: ignore[attr-defined]
+    counters = hub.counters
 
     def read() -> dict[str, int]:
         values = {key: getattr(counters, key) for key in _COUNTERS
@@ -164,8 +163,7 @@ def counter_sync(hub: object, listener: object) -> CounterSync:
         values.update({key: getattr(listener, key) for key in _LISTENER_COUNTERS})
         return values
 
-    return CounterSync(read, lambda: len(hub.subscribers),  # type: ignore[attr-defined]
-                       lambda: listener.listening.is_set())  # type: ignore[attr-defined]
+    return CounterSync(read, lambda: len(hub.subscribers), listener.listening.is_set)
 
 
 def exposition() -> tuple[bytes, str]:

@@ -227,14 +227,13 @@ async def _send_loop(websocket: WebSocket, sub: Subscriber, hub: Hub) -> None:
         # Every event ready, in one go: a batch frame if the client asked for them, else
         # one frame each, written to the socket together.
         frames = await sub.queue.get_events(MAX_BATCH)
-        if len(frames) > 1 and sub.batch:
-            # Events are JSON objects already: the batch is assembled, never re-encoded.
-            text = '{"type": "batch", "events": [' + ",".join(frames) + "]}"
-            await send({"type": "websocket.send", "text": text})
-            counters.frames_sent += 1
-        elif frames[0] is CLOSE:
+        if frames[0] is CLOSE:
             await websocket.close(code=sub.close_code, reason=sub.close_reason)
             return
+        if len(frames) > 1 and sub.batch:
+            # Events are JSON objects already: the batch is assembled, never re-encoded.
+            await writer.write(['{"type": "batch", "events": [' + ",".join(frames) + "]}"])
+            counters.frames_sent += 1
         else:
             await writer.write(frames)
             counters.frames_sent += len(frames)
