@@ -85,6 +85,10 @@ class Listener:
         # Truncates acted on: those up to the floor (read at start) and these since.
         self._truncate_floor = 0
         self._truncates: set[int] = set()
+        # True while the pump waits for a notification with nothing in hand: then one that
+        # arrives may be published from the connection's callback (the fast lane).
+        self._pump_idle = False
+        self._notifications.on_arrival = self._on_arrival
 
     @property
     def position(self) -> Position:
@@ -166,7 +170,11 @@ class Listener:
             handled += 1
             if handled % YIELD_EVERY == 0:
                 await asyncio.sleep(0)  # let the senders run between slices of a burst
-            item = await self._notifications.get()
+            self._pump_idle = True
+            try:
+                item = await self._notifications.get()
+            finally:
+                self._pump_idle = False
             try:
                 if item is RESET:
                     await self._reset()
@@ -250,6 +258,37 @@ class Listener:
         else:
             await self._order_change(payload)
 
+    def _on_arrival(self, channel: str, payload: str) -> bool:
+        """The fast lane: an order change that carries its frame, heard while the pump has
+        nothing in hand, is published at once from the LISTEN connection's callback. That
+        saves the pump's wake-up on every single-row write; anything else (bulk, oversized,
+        truncate, quotes, rights) queues for the pump as before."""
+        if not self._pump_idle or channel != ORDERS_CHANNEL or payload.startswith("truncate "):
+            return False
+        try:
+            seq_text, xid_text, snapshot_text, rest = payload.split(" ", 3)
+            if rest == "bulk":
+                return False
+            owner_text, old_owner_text, frame = rest.split(" ", 2)
+            if not frame:
+                return False
+            self._publish(int(seq_text), int(xid_text), Snapshot.parse(snapshot_text),
+                          owner_text, old_owner_text, frame)
+        except Exception:
+            # As in the pump: whatever failed, a change may be missing; the log has it.
+            log.exception("could not dispatch notification %r", payload)
+            self._notifications.put(None)
+        return True
+
+    def _publish(self, seq: int, xid: int, snapshot: Snapshot, owner_text: str,
+                 old_owner_text: str, frame: str) -> None:
+        position = self.position
+        if position.covers(xid, seq):
+            return  # a log read delivered it already
+        old_owner = None if old_owner_text == "-" else int(old_owner_text)
+        change = Change(seq, xid, int(owner_text), old_owner, frame)
+        self._sink.publish(change, position.after_change(xid, seq, snapshot))
+
     async def _order_change(self, payload: str) -> None:
         seq_text, xid_text, snapshot_text, rest = payload.split(" ", 3)
         seq, xid = int(seq_text), int(xid_text)
@@ -257,8 +296,7 @@ class Listener:
         if rest == "bulk":
             await self._read_transaction(xid, snapshot)
             return
-        position = self.position
-        if position.covers(xid, seq):
+        if self.position.covers(xid, seq):
             return  # a log read delivered it already
         owner_text, old_owner_text, frame = rest.split(" ", 2)
         if not frame:
@@ -269,9 +307,7 @@ class Listener:
             if fetched is None:
                 raise _Behind(f"oversized event {seq} is not in order_changes")
             frame = fetched
-        old_owner = None if old_owner_text == "-" else int(old_owner_text)
-        change = Change(seq, xid, int(owner_text), old_owner, frame)
-        self._sink.publish(change, position.after_change(xid, seq, snapshot))
+        self._publish(seq, xid, snapshot, owner_text, old_owner_text, frame)
 
     async def _read_transaction(self, xid: int, snapshot: Snapshot) -> None:
         """A statement announced in bulk: publish its transaction's changes from the log,

@@ -5,6 +5,8 @@ queue and returns. When the connection is lost (termination callback, or a faile
 query) it is re-established with capped exponential backoff and LISTENs again; a gap
 marker (None) is queued at the moment of loss, and another when the queue overflows (the
 queued notifications are then dropped): whoever reads the queue fills gaps from the log.
+A reader may also take notifications as they arrive (`on_arrival`), whenever the queue is
+empty: then nothing heard earlier is still waiting, and order is kept.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 
 import asyncpg
 
@@ -53,6 +56,9 @@ class Notifications:
         self.dropped = 0
         self.reconnects = 0
         self.rejected = 0
+        # Called with (channel, payload) while the queue is empty; True means it took the
+        # notification there and then (no queue, no task wake-up), False queues it.
+        self.on_arrival: Callable[[str, str], bool] | None = None
 
     async def start(self) -> None:
         await self._connect()
@@ -128,6 +134,9 @@ class Notifications:
                                 " (%d so far): %.120r", channel, pid, self.rejected, payload)
                 return
             payload = opened
+        arrival = self.on_arrival
+        if arrival is not None and self._queue.empty() and arrival(channel, payload):
+            return
         self.put((channel, payload))
 
     def _mark_lost(self, why: str) -> None:

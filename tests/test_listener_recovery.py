@@ -64,7 +64,9 @@ async def test_listener_overflow_mid_transaction_loses_nothing(db_url, tmp_path,
                                                                sql):
     """Transactions of 600 single-row statements (one notification each) overflow a tiny
     listener queue part-way through: the pump reads the rest of that transaction (and what
-    followed) from the log."""
+    followed) from the log. The queue only fills while the pump has something in hand (when
+    it is idle, a change is published as it arrives), so a bulk statement goes first: the
+    pump reads it from the log while the 600 notifications queue behind it."""
     proc = ServerProcess(db_url, tmp_path, extra_env={"ORDERSTREAM_LISTENER_QUEUE_SIZE": "50"})
     proc.start()
     try:
@@ -72,16 +74,20 @@ async def test_listener_overflow_mid_transaction_loses_nothing(db_url, tmp_path,
         async with open_socket(proc, alice) as ws:
             await ws.subscribe_orders()
             with sql.transaction():
+                sql.execute("INSERT INTO orders (owner_id, instrument, quantity, price)"
+                            " SELECT %s, 'HEAD', 1, 1 FROM generate_series(1, 150)", (alice.id,))
                 ids = [insert_order(sql, alice.id, "BULK", price="1") for _ in range(600)]
             for price in ("2", "3"):
                 with sql.transaction(), sql.cursor() as cur:
                     cur.executemany("UPDATE orders SET price = %s WHERE id = %s",
                                     [(price, order_id) for order_id in ids])
             seen: dict[int, list[tuple[str, str]]] = {}
-            for _ in range(1800):
+            for _ in range(150 + 1800):
                 event = await ws.recv_type("order", timeout=15)
                 seen.setdefault(event["order"]["id"], []).append(
                     (event["op"], event["order"]["price"]))
+            head = [order_id for order_id, changes in seen.items() if order_id not in ids]
+            assert len(head) == 150 and all(seen.pop(i) == [("insert", "1")] for i in head)
             assert len(seen) == 600
             assert all(p == [("insert", "1"), ("update", "2"), ("update", "3")]
                        for p in seen.values())
