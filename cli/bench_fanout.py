@@ -312,8 +312,10 @@ def run_fanout(url: str, ours: subprocess.Popen[bytes], port: int,
                 many = [Target(f"ws://127.0.0.1:{port}/ws",
                                {"Authorization": f"Bearer {token}"}, True, owner)
                         for owner, token in owners for _ in range(scale_sessions // OWNERS)]
-                sessions = _run_rate(db, builds[0], scale_sessions, max(seconds, 5.0),
-                                     targets=many, processes=4, interval=1.0 / OWNERS)
+                from cli.bench_sessions import run_sessions  # it imports this module
+
+                sessions = run_sessions(db, builds[0], many, max(seconds, 5.0), processes=4,
+                                        interval=1.0 / OWNERS)
             return results, Extras(latency, bulk_rows, bulk, sessions)
         finally:
             naive.terminate()

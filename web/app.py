@@ -40,6 +40,7 @@ from web.errors import (
     unexpected_error_handler,
     unreachable_handler,
 )
+from web.frame_writer import Flusher
 from web.hub import Hub
 from web.metrics import CounterSync, CountRefusals, counter_sync, mark_process_dead
 from web.passwords import Passwords
@@ -104,6 +105,8 @@ class State(TypedDict):
     settings: config.Settings
     pool: ApiPool
     hub: Hub
+    # Writes the live events offered to sockets, once per turn of the event loop.
+    flusher: Flusher
     listener: Listener
     passwords: Passwords
     login_throttle: LoginThrottle
@@ -147,6 +150,7 @@ def create_app(settings: config.Settings, database_url: str) -> Starlette:
                 settings=settings,
                 pool=pool,
                 hub=hub,
+                flusher=Flusher(),
                 listener=listener,
                 passwords=Passwords(settings.argon2_time_cost, settings.argon2_memory_cost_kib,
                                     settings.password_hash_concurrency),

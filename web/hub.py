@@ -24,6 +24,11 @@ from web.catch_up import catch_up
 from web.frames import ALL_OWNERS, OwnerKey, frame_for, resync_frame, with_cursor
 from web.subscriber import Counters, Mode, Subscriber
 
+# On Python 3.11 reading an enum member through its class costs about 0.2 us (a
+# descriptor): _offer runs once per event per subscriber, 5,000 times for one event to
+# 5,000 sockets, so it compares with these.
+_CURRENT, _BEHIND = Mode.CURRENT, Mode.BEHIND
+
 
 class LogReader(Protocol):
     async def read(self, position: Position, owner_id: int | None = None,
@@ -154,29 +159,37 @@ class Hub:
         self.position = position
 
     def _offer(self, sub: Subscriber, change: Change, frame: str, before: Position) -> None:
+        # Once per event per subscriber: the common case first, and the modes compared
+        # with module constants (see _CURRENT).
         if sub.closing:
             return
         mode = sub.mode
-        if mode is Mode.BEHIND:
+        if mode is _CURRENT:
+            queue = sub.queue
+            if not queue.fits(frame):
+                self._fall_behind(sub, before)
+            elif sub.batch:  # kept in the queue, where events waiting together are packed
+                queue.put(frame, event=True)
+            else:
+                queue.offer(frame)
+            return
+        if mode is _BEHIND:
             sub.hold(change.xid, change.seq, frame)
             return
-        if mode is Mode.AHEAD:
-            assert sub.position is not None
-            if sub.position.covers(change.xid, change.seq):
-                if self.position.includes(sub.position):
-                    sub.mode, sub.position = Mode.CURRENT, None
-                return
-            if not sub.queue.fits(frame):
-                self._fall_behind(sub, sub.position.union(before))
-                return
-            sub.queue.put(frame, event=True)
+        assert sub.position is not None  # AHEAD
+        if sub.position.covers(change.xid, change.seq):
             if self.position.includes(sub.position):
                 sub.mode, sub.position = Mode.CURRENT, None
             return
         if not sub.queue.fits(frame):
-            self._fall_behind(sub, before)
+            self._fall_behind(sub, sub.position.union(before))
             return
-        sub.queue.put(frame, event=True)
+        if sub.batch:
+            sub.queue.put(frame, event=True)
+        else:
+            sub.queue.offer(frame)
+        if self.position.includes(sub.position):
+            sub.mode, sub.position = Mode.CURRENT, None
 
     def _fall_behind(self, sub: Subscriber, position: Position) -> None:
         sub.stop_catch_up()

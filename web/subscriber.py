@@ -56,6 +56,11 @@ class FrameQueue:
         self._room.set()
         self.quotes = QuoteBox()
         self._streak = 0  # frames taken while quotes waited
+        # Takes a live event straight to the socket (FrameWriter.offer), True if it did; set
+        # by the sender. Used only while the sender waits on an empty queue (`_parked`), so
+        # nothing it took can be overtaken.
+        self.direct: Callable[[str], bool] | None = None
+        self._parked = False
         # Whether a quote may be written now (web/quotes.py pipe_gate): while the socket's
         # pipe is full, quotes wait in the box and conflate instead of queueing in the kernel.
         self.quote_gate: Callable[[], bool] = lambda: True
@@ -69,15 +74,26 @@ class FrameQueue:
     def put(self, frame: str, event: bool = False) -> None:
         self._frames.append((frame, event))
         self.bytes += len(frame) + FRAME_OVERHEAD
-        self._ready.set()
+        self._wake()
         if self.bytes > self.budget // 2:
             self._room.clear()
+
+    def offer(self, frame: str) -> None:
+        """A live order event: straight to the socket while the sender waits on an empty
+        queue and the socket takes it (no task wakes per event), else queued like `put`."""
+        if self._parked and self.direct is not None and self.direct(frame):
+            return
+        self.put(frame, event=True)
+
+    def _wake(self) -> None:
+        self._parked = False  # from here the sender holds frames: offers queue behind them
+        self._ready.set()
 
     def put_quote(self, instrument: str, version: int, frame: str) -> bool | None:
         """Hold the newest quote of `instrument` (see QuoteBox.offer)."""
         result = self.quotes.offer(instrument, version, frame)
         if result is not None:
-            self._ready.set()
+            self._wake()
         return result
 
     async def get(self) -> str:
@@ -99,7 +115,11 @@ class FrameQueue:
                     async with asyncio.timeout(QUOTE_GATE_RETRY):
                         await self._ready.wait()
             else:
-                await self._ready.wait()
+                self._parked = True
+                try:
+                    await self._ready.wait()
+                finally:
+                    self._parked = False
         frame, event = self._frames.popleft()
         taken = [frame]
         size = len(frame) + FRAME_OVERHEAD

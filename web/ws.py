@@ -222,23 +222,29 @@ async def _send_loop(websocket: WebSocket, sub: Subscriber, hub: Hub) -> None:
     counters = hub.counters
     send = websocket.scope.get(RAW_SEND, websocket.send)
     sub.queue.quote_gate = quotes.pipe_gate(send)
-    writer = FrameWriter(send)
-    while True:
-        # Every event ready, in one go: a batch frame if the client asked for them, else
-        # one frame each, written to the socket together.
-        frames = await sub.queue.get_events(MAX_BATCH)
-        if frames[0] is CLOSE:
-            await websocket.close(code=sub.close_code, reason=sub.close_reason)
-            return
-        if len(frames) > 1 and sub.batch:
-            # Events are JSON objects already: the batch is assembled, never re-encoded.
-            await writer.write(['{"type": "batch", "events": [' + ",".join(frames) + "]}"])
-            counters.frames_sent += 1
-        else:
-            await writer.write(frames)
-            counters.frames_sent += len(frames)
-        if sub.mode is Mode.CURRENT:  # replayed events would count their age as latency
-            SAMPLER.sample(frames[-1])
+    writer = FrameWriter(send, websocket.state.flusher, counters)
+    if writer.takes_offers:  # live events skip the queue while it is empty
+        sub.queue.direct = writer.offer
+    try:
+        while True:
+            # Every event ready, in one go: a batch frame if the client asked for them, else
+            # one frame each, written to the socket together.
+            frames = await sub.queue.get_events(MAX_BATCH)
+            writer.flush()  # events offered before these were queued go first
+            if frames[0] is CLOSE:
+                await websocket.close(code=sub.close_code, reason=sub.close_reason)
+                return
+            if len(frames) > 1 and sub.batch:
+                # Events are JSON objects already: the batch is assembled, never re-encoded.
+                await writer.write(['{"type": "batch", "events": [' + ",".join(frames) + "]}"])
+                counters.frames_sent += 1
+            else:
+                await writer.write(frames)
+                counters.frames_sent += len(frames)
+            if sub.mode is Mode.CURRENT:  # replayed events would count their age as latency
+                SAMPLER.sample(frames[-1])
+    finally:
+        sub.queue.direct = None
 
 
 async def websocket_endpoint(websocket: WebSocket) -> None:

@@ -33,6 +33,8 @@ class RawClient:
         head, _, rest = bytes(self.buffer).partition(b"\r\n\r\n")
         assert b" 101 " in head.split(b"\r\n")[0], head
         self.buffer = bytearray(rest)
+        # When a list: the bytes of every data frame read, header included, as they came.
+        self.wire: list[bytes] | None = None
 
     def send(self, opcode: int, payload: bytes) -> None:
         mask = os.urandom(4)
@@ -60,14 +62,21 @@ class RawClient:
         """The next text message (blocking), answering pings on the way."""
         parts: list[bytes] = []
         while True:
-            b0, b1 = self._take(2)
+            head = self._take(2)
+            b0, b1 = head
             opcode, length = b0 & 0x0F, b1 & 0x7F
             assert not b1 & 0x80, "server frames are not masked"
             if length == 126:
-                (length,) = struct.unpack("!H", self._take(2))
+                extended = self._take(2)
+                (length,) = struct.unpack("!H", extended)
+                head += extended
             elif length == 127:
-                (length,) = struct.unpack("!Q", self._take(8))
+                extended = self._take(8)
+                (length,) = struct.unpack("!Q", extended)
+                head += extended
             payload = self._take(length)
+            if self.wire is not None and opcode in (0x0, 0x1, 0x2):
+                self.wire.append(head + payload)
             if opcode == 0x9:
                 self.send(0xA, payload)
                 continue

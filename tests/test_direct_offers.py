@@ -1,0 +1,97 @@
+"""A live event goes straight to the socket only while the socket's sender waits on an empty
+queue: never past a frame the sender was woken for or still holds, never for a `batch`
+subscription (its events wait in the queue to be packed), and never waking the sender."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from db.change import Change
+from db.position import Snapshot
+from tests.support.memory_log import MemoryLog
+from web.hub import Hub
+from web.subscriber import FrameQueue
+
+
+class Socket:
+    """A direct sink that takes frames while `open`, else refuses them (a paused transport)."""
+
+    def __init__(self) -> None:
+        self.frames: list[str] = []
+        self.open = True
+
+    def take(self, frame: str) -> bool:
+        if self.open:
+            self.frames.append(frame)
+        return self.open
+
+
+async def parked(queue: FrameQueue, most: int = 10) -> asyncio.Task[list[str]]:
+    """The sender, waiting on the queue (one turn of the loop takes it there)."""
+    getter = asyncio.create_task(queue.get_events(most))
+    await asyncio.sleep(0)
+    assert not getter.done()
+    return getter
+
+
+async def test_offers_to_a_waiting_sender_go_straight_to_the_socket_without_waking_it():
+    queue, socket = FrameQueue(1 << 20), Socket()
+    queue.direct = socket.take
+    getter = await parked(queue)
+    queue.offer("e1")
+    queue.offer("e2")
+    await asyncio.sleep(0)
+    assert socket.frames == ["e1", "e2"]
+    assert not getter.done() and len(queue) == 0 and queue.bytes == 0
+    queue.put("pong")  # anything queued still wakes it
+    assert await getter == ["pong"]
+
+
+async def test_offers_queue_behind_a_frame_the_sender_was_woken_for():
+    queue, socket = FrameQueue(1 << 20), Socket()
+    queue.direct = socket.take
+    getter = await parked(queue)
+    queue.put("pong")
+    queue.offer("e1")  # the sender has not taken "pong" yet: e1 must not pass it
+    assert socket.frames == []
+    assert await getter == ["pong"]
+    assert await queue.get_events(10) == ["e1"]
+    # Taken and written: waiting again, it takes offers again.
+    getter = await parked(queue)
+    queue.offer("e2")
+    assert socket.frames == ["e2"]
+    getter.cancel()
+
+
+async def test_a_refused_offer_queues_and_the_next_offers_queue_behind_it():
+    queue, socket = FrameQueue(1 << 20), Socket()
+    queue.direct = socket.take
+    getter = await parked(queue)
+    socket.open = False  # the transport paused
+    queue.offer("e1")
+    socket.open = True  # resumed before the sender ran: e2 must still wait behind e1
+    queue.offer("e2")
+    assert socket.frames == []
+    assert await getter == ["e1", "e2"]
+
+
+async def test_a_batch_subscription_gets_nothing_straight_away():
+    hub = Hub(MemoryLog())
+    async with hub.subscriber(1, False) as plain, hub.subscriber(1, False) as batched:
+        sockets = {plain: Socket(), batched: Socket()}
+        for sub, socket in sockets.items():
+            hub.subscribe_orders(sub, 1)
+            sub.queue.direct = socket.take
+        batched.batch = True
+        getters = [await parked(sub.queue) for sub in sockets]
+        for seq in (1, 2):
+            frame = json.dumps({"type": "order", "op": "update", "seq": seq, "ts": 1.5,
+                                "order": {"id": 1, "owner_id": 1, "version": seq}})
+            change = Change(seq, 100 + seq, 1, None, frame)
+            hub.publish(change, hub.position.after_change(change.xid, seq,
+                                                          Snapshot(change.xid)))
+        assert [json.loads(f)["seq"] for f in sockets[plain].frames] == [1, 2]
+        assert sockets[batched].frames == []
+        assert [json.loads(f)["seq"] for f in await getters[1]] == [1, 2]  # packed later
+        getters[0].cancel()
