@@ -98,15 +98,24 @@ class ChangeLog:
     async def snapshot(self) -> Snapshot:
         return Snapshot.parse(await self.pool.fetchval("SELECT pg_current_snapshot()::text"))
 
+    async def recover(self) -> bool:
+        """After a crash, a failover or a restore, PostgreSQL starts the (unlogged) change log
+        empty: move its horizon past everything before, so older positions expire, instead
+        of reading an empty log as "nothing missed". True if this call did it; a no-op
+        otherwise (one query)."""
+        return bool(await self.pool.fetchval("SELECT orderstream_change_log_recover()"))
+
     async def truncated_xid(self) -> int:
         """The last transaction that ran TRUNCATE orders (0 if none did)."""
         value = await self.pool.fetchval(
             "SELECT truncated_xid::text::bigint FROM order_changes_horizon")
         return int(value or 0)
 
-    async def frame(self, seq: int) -> str | None:
+    async def frame(self, xid: int, seq: int) -> str | None:
         """The frame of one change (announced without it: too big for NOTIFY)."""
-        return await self.pool.fetchval("SELECT frame FROM order_changes WHERE seq = $1", seq)
+        return await self.pool.fetchval(
+            "SELECT frame FROM order_changes WHERE xid = $1::text::xid8 AND seq = $2",
+            str(xid), seq)
 
     async def rights(self, who: Identities) -> Rights:
         return await load_rights(self.pool, who)
@@ -119,13 +128,16 @@ class ChangeLog:
         snapshot, so no change is judged by rights older than it."""
         async with self.pool.acquire() as conn, conn.transaction(isolation="repeatable_read",
                                                                  readonly=True):
+            # `alive`: the unlogged log survived since its horizon was last set; after a crash
+            # it is empty and proves nothing until a server recovers it (recover()).
             row = await conn.fetchrow(
                 "SELECT pg_current_snapshot()::text AS snapshot,"
-                " pruned_xid::text::bigint AS pruned, truncated_xid::text::bigint AS truncated"
+                " pruned_xid::text::bigint AS pruned, truncated_xid::text::bigint AS truncated,"
+                " EXISTS (SELECT FROM order_changes_alive) AS alive"
                 " FROM order_changes_horizon")
             snapshot = Snapshot.parse(row["snapshot"])
             rights = await load_rights(conn, who) if who is not None else None
-            if _expired(position, snapshot, row["pruned"], row["truncated"]):
+            if not row["alive"] or _expired(position, snapshot, row["pruned"], row["truncated"]):
                 return Page([], snapshot, complete=True, expired=True, rights=rights)
             changes: list[Change] = []
             current = position.current

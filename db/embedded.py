@@ -180,6 +180,29 @@ class EmbeddedPostgres:
                 socket_dir = before.socket_dir if before is not None else None
                 self._url = _server_url(self._ensure_running(socket_dir))
 
+    def crash(self) -> None:
+        """Stop the server as a crash would (immediate shutdown: no checkpoint, so the next
+        start runs crash recovery, which empties unlogged tables) and start it again on the
+        same socket. For fault tests: connections drop, the URL stays valid."""
+        with _thread_lock:
+            if self._url is None:
+                raise EmbeddedPostgresError(
+                    f"crash(): the server for {self.data_dir} is not started"
+                )
+            with self._locked():
+                postmaster = pgdata.read_postmaster(self.data_dir)
+                if postmaster is None or not pgdata.is_our_postmaster(self.data_dir,
+                                                                      postmaster.pid):
+                    raise EmbeddedPostgresError(f"crash(): no server runs in {self.data_dir}")
+                psutil.Process(postmaster.pid).send_signal(signal.SIGQUIT)  # immediate
+                deadline = time.monotonic() + STOP_TIMEOUT
+                while pgdata.is_our_postmaster(self.data_dir, postmaster.pid):
+                    if time.monotonic() > deadline:
+                        raise EmbeddedPostgresError(
+                            f"PostgreSQL (pid {postmaster.pid}) ignored SIGQUIT")
+                    time.sleep(0.02)
+                self._url = _server_url(self._ensure_running(postmaster.socket_dir))
+
     def is_running(self) -> bool:
         """Whether a postmaster is running on the data directory (started by anyone)."""
         return self.pid is not None

@@ -115,6 +115,10 @@ class Listener:
         """Connect and LISTEN; returns once listening (raises if that fails within `timeout`)."""
         await asyncio.wait_for(self._log.open(), timeout)
         try:
+            # A crash may have emptied the (unlogged) change log since anyone last read it.
+            if await self._log.recover():
+                log.warning("the change log was lost (crash, failover or restore): older"
+                            " cursors get resync")
             self._truncate_floor = await self._log.truncated_xid()
             await asyncio.wait_for(self._notifications.start(), timeout)
             # Everything committed before LISTEN took effect counts as delivered.
@@ -301,7 +305,7 @@ class Listener:
         owner_text, old_owner_text, frame = rest.split(" ", 2)
         if not frame:
             try:
-                fetched = await self._log.frame(seq)
+                fetched = await self._log.frame(xid, seq)
             except DB_ERRORS as exc:
                 raise _Behind(f"oversized event {seq} could not be read: {exc}") from exc
             if fetched is None:
@@ -356,10 +360,17 @@ class Listener:
         started = time.monotonic()
         published = 0
         retry = RETRY_FIRST
+        recovered = False
         while True:
             who = self._sink.identities()
             position = self.position
             try:
+                # A gap may be a database crash, which empties the change log: recover it
+                # first, so the read below expires what the crash took (resync).
+                if not recovered and await self._log.recover():
+                    log.warning("%s: the change log was lost (crash, failover or restore);"
+                                " older cursors get resync", reason)
+                recovered = True
                 page = await self._log.read(position, None, who, PAGE_ROWS, PAGE_BYTES)
             except DB_ERRORS as exc:
                 log.warning("catch-up after %s failed (%s); retrying in %.2fs", reason, exc,

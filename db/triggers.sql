@@ -15,7 +15,7 @@
 -- the order. <xid> is the writing transaction, <snapshot> what it saw finished
 -- (pg_current_snapshot()): since notifications arrive in commit order, every change of
 -- those transactions was announced before this one. When a change would pass NOTIFY's
--- 8000-byte limit the frame is left empty and the server reads it from the log by seq.
+-- 8000-byte limit the frame is left empty and the server reads it from the log.
 -- NOTIFY is transactional: a rolled-back write announces nothing.
 -- Every notification on 'orders' (and 'quotes') is signed: "<tag> <payload>" with the
 -- tag an HMAC of the payload under notification_key (db/signing.py). The functions that
@@ -24,18 +24,27 @@
 
 -- "<tag> <body>": the tag is the first 16 bytes of HMAC-SHA256(key, "<channel> <body>") in
 -- hex (RFC 2104, from the key's inner and outer pads), so a payload signed for one channel
--- is refused on another. The pads are read here, inside the function, and never passed as
--- values: a value in a planned statement shows in plan dumps (debug_print_plan) a writer
--- may turn on in its own session. Only the owner's functions call it.
+-- is refused on another. orderstream_tag is the rule; its callers join notification_key
+-- and pass the pads as columns (k.inner_pad), so the planner inlines it with no call per
+-- notification. The pads are never passed as values: a value in a planned statement shows
+-- in plan dumps (debug_print_plan) a writer may turn on in its own session.
 DROP FUNCTION IF EXISTS orderstream_signed(bytea, bytea, text);
+CREATE OR REPLACE FUNCTION orderstream_tag(inner_pad bytea, outer_pad bytea, message text)
+RETURNS text LANGUAGE sql STABLE AS $$
+    SELECT encode(substr(sha256(outer_pad || sha256(inner_pad || convert_to(message, 'UTF8'))),
+                         1, 16), 'hex')
+$$;
+REVOKE ALL ON FUNCTION orderstream_tag(bytea, bytea, text) FROM PUBLIC;
+
+-- One notification's "<tag> <body>", for the statements that send one (bulk, truncate,
+-- quotes). Only the owner's functions call it (they run as the owner: the key is theirs).
 CREATE OR REPLACE FUNCTION orderstream_sign(channel text, body text)
 RETURNS text LANGUAGE plpgsql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, public, pg_temp AS $$
 DECLARE
     signed text;
 BEGIN
-    SELECT encode(substr(sha256(k.outer_pad || sha256(k.inner_pad
-                  || convert_to(channel || ' ' || body, 'UTF8'))), 1, 16), 'hex') || ' ' || body
+    SELECT orderstream_tag(k.inner_pad, k.outer_pad, channel || ' ' || body) || ' ' || body
     INTO signed FROM public.notification_key k;
     IF signed IS NULL THEN
         RAISE EXCEPTION 'orderstream: notification_key is empty; run `python server.py migrate`';
@@ -46,23 +55,35 @@ $$;
 REVOKE ALL ON FUNCTION orderstream_sign(text, text) FROM PUBLIC;
 
 -- One order as the JSON the API and the stream share (numbers as decimal strings,
--- timestamps in UTC).
+-- timestamps in UTC), as text: byte for byte what json_build_object makes ("key" : value,
+-- ", " between), built by concatenation, because json_build_object looks its arguments'
+-- types up in the catalog on every call (most of a 50,000-row UPDATE's frame cost).
+-- Escaped (to_json) only where needed: usernames (users_username_format), side and status
+-- are constrained to characters JSON leaves alone, numbers and timestamps need nothing.
+-- Columns, not the row: a bulk statement passes a transition table's columns without
+-- building a row value per change.
+CREATE OR REPLACE FUNCTION orderstream_order_text(
+    id bigint, owner_id bigint, owner_name text, instrument text, side text,
+    quantity numeric, price numeric, status text, note text, version bigint,
+    created_at timestamptz, updated_at timestamptz)
+RETURNS text LANGUAGE sql STABLE AS $$
+    SELECT '{"id" : ' || id || ', "owner_id" : ' || owner_id
+        || ', "owner" : ' || coalesce('"' || owner_name || '"', 'null')
+        || ', "instrument" : ' || to_json(instrument)::text
+        || ', "side" : "' || side || '", "quantity" : "' || quantity
+        || '", "price" : "' || price || '", "status" : "' || status || '", "note" : '
+        || CASE WHEN note = '' THEN '""' ELSE to_json(note)::text END
+        || ', "version" : ' || version || ', "created_at" : "'
+        || to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
+        || '", "updated_at" : "'
+        || to_char(updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') || '"}'
+$$;
+
 CREATE OR REPLACE FUNCTION orderstream_order_json(o orders, owner_name text)
 RETURNS json LANGUAGE sql STABLE AS $$
-    SELECT json_build_object(
-        'id', o.id,
-        'owner_id', o.owner_id,
-        'owner', owner_name,
-        'instrument', o.instrument,
-        'side', o.side,
-        'quantity', o.quantity::text,
-        'price', o.price::text,
-        'status', o.status,
-        'note', o.note,
-        'version', o.version,
-        'created_at', to_char(o.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
-        'updated_at', to_char(o.updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
-    )
+    SELECT orderstream_order_text(o.id, o.owner_id, owner_name, o.instrument, o.side,
+                                  o.quantity, o.price, o.status, o.note, o.version,
+                                  o.created_at, o.updated_at)::json
 $$;
 
 -- Epoch milliseconds with microsecond fraction: the `ts` of events.
@@ -71,63 +92,72 @@ RETURNS numeric LANGUAGE sql VOLATILE AS $$
     SELECT round(extract(epoch FROM clock_timestamp()) * 1000, 3)
 $$;
 
--- The event frame of one change (without its cursor).
-CREATE OR REPLACE FUNCTION orderstream_event_frame(op text, seq bigint, ts numeric, o orders,
-                                                   owner_name text)
+-- The event frame of one change (without its cursor), around the order's text. op is one
+-- of insert/update/delete: no escaping.
+DROP FUNCTION IF EXISTS orderstream_event_frame(text, bigint, numeric, orders, text);
+CREATE OR REPLACE FUNCTION orderstream_event_frame(op text, seq bigint, ts numeric,
+                                                   order_text text)
 RETURNS text LANGUAGE sql STABLE AS $$
-    SELECT json_build_object('type', 'order', 'op', op, 'seq', seq, 'ts', ts,
-                             'order', orderstream_order_json(o, owner_name))::text
+    SELECT '{"type" : "order", "op" : "' || op || '", "seq" : ' || seq || ', "ts" : ' || ts
+        || ', "order" : ' || order_text || '}'
 $$;
 
-CREATE OR REPLACE FUNCTION orderstream_orders_stamp()
+-- The version stamp, one function per event (no TG_OP test per row). A row trigger runs
+-- once per changed row: these run for every row of a 100,000-row UPDATE, so they hold no
+-- more than the assignments.
+CREATE OR REPLACE FUNCTION orderstream_orders_stamp_insert()
 RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    IF TG_OP = 'INSERT' THEN
-        NEW.version := 1;
-        NEW.created_at := coalesce(NEW.created_at, now());
-        NEW.updated_at := NEW.created_at;
-    ELSE
-        IF NEW.id IS DISTINCT FROM OLD.id THEN
-            RAISE EXCEPTION 'orders.id cannot be changed (order %)', OLD.id
-                USING ERRCODE = 'check_violation';
-        END IF;
-        NEW.version := OLD.version + 1;
-        NEW.created_at := OLD.created_at;
-        NEW.updated_at := clock_timestamp();
-    END IF;
+    NEW.version := 1;
+    NEW.created_at := coalesce(NEW.created_at, now());
+    NEW.updated_at := NEW.created_at;
     RETURN NEW;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION orderstream_orders_stamp_update()
+RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    NEW.version := OLD.version + 1;
+    NEW.created_at := OLD.created_at;
+    NEW.updated_at := clock_timestamp();
+    RETURN NEW;
+END
+$$;
+
+-- Called only when an UPDATE changes an id (the trigger's WHEN clause tests it without a
+-- function call): ids are immutable.
+CREATE OR REPLACE FUNCTION orderstream_orders_id_fixed()
+RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'orders.id cannot be changed (order %)', OLD.id
+        USING ERRCODE = 'check_violation';
 END
 $$;
 
 -- "<xid> <snapshot> ": the header every notification of this transaction starts with.
 -- With hundreds of transactions running, the snapshot text would crowd out the frame:
 -- then it says only "everything below xmin finished" ("xmin:xmin:"), which is as true.
--- (PL/pgSQL, not SQL: a SQL function with a FROM is planned again on every call.)
+-- SQL without a FROM, so the planner inlines it (pg_current_snapshot() is the statement's
+-- snapshot, the same on each call).
 DROP FUNCTION IF EXISTS orderstream_change_header();
 CREATE FUNCTION orderstream_change_header()
-RETURNS text LANGUAGE plpgsql VOLATILE AS $$
-DECLARE
-    snap pg_snapshot := pg_current_snapshot();
-BEGIN
-    IF octet_length(snap::text) > 1000 THEN
-        snap := (pg_snapshot_xmin(snap) || ':' || pg_snapshot_xmin(snap) || ':')::pg_snapshot;
-    END IF;
-    RETURN pg_current_xact_id() || ' ' || snap || ' ';
-END
+RETURNS text LANGUAGE sql STABLE AS $$
+    SELECT pg_current_xact_id() || ' '
+        || CASE WHEN octet_length(pg_current_snapshot()::text) > 1000
+                THEN pg_snapshot_xmin(pg_current_snapshot()) || ':'
+                     || pg_snapshot_xmin(pg_current_snapshot()) || ':'
+                ELSE pg_current_snapshot()::text END || ' '
 $$;
 
--- Announce one logged change, frame included if the notification stays under NOTIFY's
--- 8000 bytes (seq and owner ids add at most 61 bytes to header and frame, the tag 33).
--- The triggers number changes (nextval) in the order they are inserted and returned, so
--- one transaction's notifications arrive in seq order. Plain SQL, so the planner inlines
--- it: a PL/pgSQL call per row cost writers more than the notification itself.
-DROP FUNCTION IF EXISTS orderstream_announce(bytea, bytea, text, bigint, bigint, bigint, text);
-CREATE OR REPLACE FUNCTION orderstream_announce(header text, seq bigint, owner_id bigint,
-                                                old_owner_id bigint, frame text)
-RETURNS void LANGUAGE sql VOLATILE AS $$
-    SELECT pg_notify('orders', orderstream_sign('orders',
-        seq || ' ' || header || owner_id || ' ' || coalesce(old_owner_id::text, '-') || ' '
-        || CASE WHEN octet_length(header) + octet_length(frame) < 7850 THEN frame ELSE '' END))
+-- The body of one change's notification, "<seq> <header><owner_id> <old_owner_id or -> <frame>",
+-- the frame left out if the notification would pass NOTIFY's 8000 bytes (seq and owner ids
+-- add at most 61 bytes to header and frame, the tag 33). Plain SQL: the planner inlines it.
+CREATE OR REPLACE FUNCTION orderstream_change_body(header text, seq bigint, owner_id bigint,
+                                                   old_owner_id bigint, frame text)
+RETURNS text LANGUAGE sql STABLE AS $$
+    SELECT seq || ' ' || header || owner_id || ' ' || coalesce(old_owner_id::text, '-') || ' '
+        || CASE WHEN octet_length(header) + octet_length(frame) < 7850 THEN frame ELSE '' END
 $$;
 
 -- A statement of more than 100 rows: one notification for all of them.
@@ -138,96 +168,127 @@ RETURNS void LANGUAGE sql VOLATILE AS $$
         currval('order_event_seq') || ' ' || header || 'bulk'))
 $$;
 
+-- Names used by earlier versions of this file: a PL/pgSQL call per change (log_one), and a
+-- signing call per notification (announce).
 DROP FUNCTION IF EXISTS orderstream_announce(bigint, text, bigint, bigint, bigint, text);
 DROP FUNCTION IF EXISTS orderstream_announce_bulk(bigint, text);
-
--- One change on its own: most writes (the API, a psql UPDATE ... WHERE id = 1) change one
--- row. The set-based statements below reference transition tables, which PostgreSQL plans
--- anew on every call (about 0.4 ms); these statements use plain variables, so their plans
--- are cached and a single-row write pays what a row trigger would.
+DROP FUNCTION IF EXISTS orderstream_announce(text, bigint, bigint, bigint, text);
 DROP FUNCTION IF EXISTS orderstream_log_one(text, orders, bigint, text, numeric, bytea, bytea);
-CREATE OR REPLACE FUNCTION orderstream_log_one(op text, o orders, old_owner_id bigint,
-                                               header text, ts numeric)
-RETURNS void LANGUAGE plpgsql AS $$
-DECLARE
-    seq   bigint := nextval('order_event_seq');
-    frame text := orderstream_event_frame(
-        op, seq, ts, o, (SELECT username FROM users WHERE id = o.owner_id));
-    moved bigint := nullif(old_owner_id, o.owner_id);
-BEGIN
-    INSERT INTO order_changes (seq, owner_id, old_owner_id, frame)
-    VALUES (seq, o.owner_id, moved, frame);
-    PERFORM orderstream_announce(header, seq, o.owner_id, moved, frame);
-END
-$$;
+DROP FUNCTION IF EXISTS orderstream_log_one(text, orders, bigint, text, numeric);
 
 -- Every statement that changes orders: log its changes and announce them. As its owner,
 -- with a fixed search_path: the writer needs no right to order_changes or the key.
+-- Changes are numbered (nextval) in the order they are inserted and returned, so one
+-- transaction's notifications arrive in seq order.
+-- jit = off: the planner cannot estimate a join of two transition tables (it guessed
+-- 12,500,000 rows for 50,000), so a big statement's insert passed jit_above_cost and spent
+-- 0.5 s compiling, a third of the statement; no merge join for the same reason (it sorted
+-- both transition tables, on disk, where a hash join reads each once).
 CREATE OR REPLACE FUNCTION orderstream_orders_changed()
 RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER
-SET search_path = pg_catalog, public, pg_temp AS $$
+SET search_path = pg_catalog, public, pg_temp SET jit = off SET enable_mergejoin = off AS $$
 DECLARE
     op        text := lower(TG_OP);
-    n         bigint;
-    announced bigint;
     header    text := orderstream_change_header();
     ts        numeric := orderstream_now_ms();
+    first     record;
+    announced bigint;
     changed   text;
+    insert_changes text;
 BEGIN
-    -- Transition tables exist per event: each branch names only its own.
-    IF TG_OP = 'DELETE' THEN
-        SELECT count(*) INTO n FROM old_rows;
+    -- How many rows changed, and the first of them (with the owner it had before an
+    -- update), in one read of the transition table. Transition tables exist per event:
+    -- each branch names only its own.
+    IF TG_OP = 'UPDATE' THEN
+        SELECT (SELECT count(*) FROM new_rows) AS changes, r.*,
+               (SELECT was.owner_id FROM old_rows was LIMIT 1) AS was_owner_id
+        INTO first FROM new_rows r LIMIT 1;
+    ELSIF TG_OP = 'INSERT' THEN
+        SELECT (SELECT count(*) FROM new_rows) AS changes, r.*, NULL::bigint AS was_owner_id
+        INTO first FROM new_rows r LIMIT 1;
     ELSE
-        SELECT count(*) INTO n FROM new_rows;
+        SELECT (SELECT count(*) FROM old_rows) AS changes, r.*, NULL::bigint AS was_owner_id
+        INTO first FROM old_rows r LIMIT 1;
     END IF;
-    IF n = 0 THEN
+    IF NOT FOUND THEN
         RETURN NULL;
-    ELSIF n = 1 THEN
-        IF TG_OP = 'INSERT' THEN
-            PERFORM orderstream_log_one(op, r::orders, NULL, header, ts) FROM new_rows r;
-        ELSIF TG_OP = 'UPDATE' THEN
-            PERFORM orderstream_log_one(op, r::orders, (SELECT owner_id FROM old_rows),
-                                        header, ts) FROM new_rows r;
-        ELSE
-            PERFORM orderstream_log_one(op, r::orders, NULL, header, ts) FROM old_rows r;
+    END IF;
+    IF first.changes = 1 THEN
+        -- One change on its own: most writes (the API, a psql UPDATE ... WHERE id = 1).
+        -- One static statement (its plan cached, where the EXECUTE below plans on every
+        -- call) logs, signs and announces it, the key's pads read as columns.
+        WITH logged AS (
+            INSERT INTO order_changes (seq, owner_id, old_owner_id, frame)
+            SELECT s.seq, first.owner_id, nullif(first.was_owner_id, first.owner_id),
+                   orderstream_event_frame(op, s.seq, ts, orderstream_order_text(
+                       first.id, first.owner_id,
+                       (SELECT u.username FROM users u WHERE u.id = first.owner_id),
+                       first.instrument, first.side, first.quantity, first.price,
+                       first.status, first.note, first.version, first.created_at,
+                       first.updated_at))
+            FROM (SELECT nextval('order_event_seq') AS seq) s
+            RETURNING orderstream_change_body(header, seq, owner_id, old_owner_id, frame) AS body)
+        SELECT count(pg_notify('orders', orderstream_tag(k.inner_pad, k.outer_pad,
+                                                         'orders ' || l.body) || ' ' || l.body))
+        INTO announced FROM logged l CROSS JOIN notification_key k;
+    ELSE
+        -- The changed rows (a delete carries the version it deleted), the owner they had
+        -- before an update, and the owner's name, from one join with users.
+        changed := CASE TG_OP
+            WHEN 'INSERT' THEN 'SELECT r.*, NULL::bigint AS was_owner_id,'
+                ' u.username AS owner_name FROM new_rows r LEFT JOIN users u ON u.id = r.owner_id'
+            WHEN 'UPDATE' THEN 'SELECT r.*, was.owner_id AS was_owner_id,'
+                ' u.username AS owner_name FROM new_rows r JOIN old_rows was ON was.id = r.id'
+                ' LEFT JOIN users u ON u.id = r.owner_id'
+            ELSE 'SELECT r.*, NULL::bigint AS was_owner_id,'
+                ' u.username AS owner_name FROM old_rows r LEFT JOIN users u ON u.id = r.owner_id'
+        END;
+        -- EXECUTE: planned for this statement's row count. A cached plan made for a few
+        -- rows (a nested loop over old and new rows) would be quadratic for 100,000.
+        -- Changes are numbered after the join; the frame takes the rows' columns as they
+        -- are (no row value per change).
+        insert_changes := format(
+            'INSERT INTO order_changes (seq, owner_id, old_owner_id, frame)'
+            ' SELECT c.seq, c.owner_id, nullif(c.was_owner_id, c.owner_id),'
+            '  orderstream_event_frame($1, c.seq, $2, orderstream_order_text(c.id, c.owner_id,'
+            '   c.owner_name, c.instrument, c.side, c.quantity, c.price, c.status, c.note,'
+            '   c.version, c.created_at, c.updated_at))'
+            ' FROM (SELECT nextval(''order_event_seq'') AS seq, j.* FROM (%s) j) c', changed);
+        IF first.changes > 100 THEN
+            EXECUTE insert_changes USING op, ts;
+            PERFORM orderstream_announce_bulk(header);
+            RETURN NULL;
         END IF;
-        RETURN NULL;
+        EXECUTE 'WITH logged AS (' || insert_changes
+            || ' RETURNING orderstream_change_body($3, seq, owner_id, old_owner_id, frame) AS body)'
+            ' SELECT count(pg_notify(''orders'', orderstream_tag(k.inner_pad, k.outer_pad,'
+            '  ''orders '' || l.body) || '' '' || l.body)) FROM logged l CROSS JOIN notification_key k'
+        INTO announced USING op, ts, header;
     END IF;
-    -- The changed rows (a delete carries the version it deleted), the owner they had
-    -- before an update, and the owner's name.
-    changed := CASE TG_OP
-        WHEN 'INSERT' THEN 'SELECT r::orders AS o, NULL::bigint AS old_owner_id,'
-            ' u.username AS owner_name FROM new_rows r LEFT JOIN users u ON u.id = r.owner_id'
-        WHEN 'UPDATE' THEN 'SELECT r::orders AS o, was.owner_id AS old_owner_id,'
-            ' u.username AS owner_name FROM new_rows r JOIN old_rows was ON was.id = r.id'
-            ' LEFT JOIN users u ON u.id = r.owner_id'
-        ELSE 'SELECT r::orders AS o, NULL::bigint AS old_owner_id,'
-            ' u.username AS owner_name FROM old_rows r LEFT JOIN users u ON u.id = r.owner_id'
-    END;
-    -- EXECUTE: planned for this statement's row count. A cached plan made for a few rows
-    -- (a nested loop over old and new rows) would be quadratic for 100,000. Changes are
-    -- numbered after the join, so they are inserted, returned and announced in seq order.
-    EXECUTE format(
-        'WITH logged AS ('
-        '  INSERT INTO order_changes (seq, owner_id, old_owner_id, frame)'
-        '  SELECT c.seq, (c.o).owner_id, nullif(c.old_owner_id, (c.o).owner_id),'
-        '         orderstream_event_frame($1, c.seq, $2, c.o, c.owner_name)'
-        '  FROM (SELECT nextval(''order_event_seq'') AS seq, j.* FROM (%s) j) c'
-        '  RETURNING seq, owner_id, old_owner_id, frame)'
-        ' SELECT count(orderstream_announce($3, seq, owner_id, old_owner_id, frame))'
-        ' FROM logged WHERE $4 <= 100', changed)
-    INTO announced USING op, ts, header, n;
-    IF n > 100 THEN
-        PERFORM orderstream_announce_bulk(header);
+    IF announced <> first.changes THEN
+        RAISE EXCEPTION 'orderstream: notification_key is empty; run `python server.py migrate`';
     END IF;
     RETURN NULL;
 END
 $$;
 
 DROP TRIGGER IF EXISTS orders_stamp ON orders;
-CREATE TRIGGER orders_stamp
-    BEFORE INSERT OR UPDATE ON orders
-    FOR EACH ROW EXECUTE FUNCTION orderstream_orders_stamp();
+DROP TRIGGER IF EXISTS orders_stamp_insert ON orders;
+CREATE TRIGGER orders_stamp_insert
+    BEFORE INSERT ON orders
+    FOR EACH ROW EXECUTE FUNCTION orderstream_orders_stamp_insert();
+-- BEFORE triggers fire in name order: the id check comes before the stamp.
+DROP TRIGGER IF EXISTS orders_id_fixed ON orders;
+CREATE TRIGGER orders_id_fixed
+    BEFORE UPDATE ON orders
+    FOR EACH ROW WHEN (NEW.id IS DISTINCT FROM OLD.id)
+    EXECUTE FUNCTION orderstream_orders_id_fixed();
+DROP TRIGGER IF EXISTS orders_stamp_update ON orders;
+CREATE TRIGGER orders_stamp_update
+    BEFORE UPDATE ON orders
+    FOR EACH ROW EXECUTE FUNCTION orderstream_orders_stamp_update();
+-- One function for both events in an earlier version of this file.
+DROP FUNCTION IF EXISTS orderstream_orders_stamp();
 
 -- Names used by earlier versions of this file (one row trigger per change).
 DROP TRIGGER IF EXISTS orders_notify ON orders;
@@ -276,6 +337,32 @@ DROP TRIGGER IF EXISTS orders_truncate ON orders;
 CREATE TRIGGER orders_truncate
     AFTER TRUNCATE ON orders
     FOR EACH STATEMENT EXECUTE FUNCTION orderstream_orders_truncated();
+
+-- The change log is unlogged (migration 0009): a crash, a failover to a standby or a restore
+-- of a base backup leaves it empty, and order_changes_alive with it, while the horizon
+-- (logged) still covers every old cursor. Each server calls this when its listener
+-- connects and before it reads the log after a gap: the first to find the sentinel gone
+-- marks everything up to now as pruned (so every older cursor gets `resync`, reason
+-- "cursor expired") and puts the sentinel back, in one transaction. True if it did.
+-- Until then, readers treat a missing sentinel as an expired position (db/changelog.py).
+CREATE OR REPLACE FUNCTION orderstream_change_log_recover()
+RETURNS boolean LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, public, pg_temp AS $$
+BEGIN
+    IF EXISTS (SELECT FROM order_changes_alive) THEN
+        RETURN false;
+    END IF;
+    -- Two servers at once: the second waits on the first's row, then inserts nothing.
+    INSERT INTO order_changes_alive DEFAULT VALUES ON CONFLICT DO NOTHING;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    UPDATE order_changes_horizon SET pruned_xid = greatest(pruned_xid, pg_current_xact_id());
+    RETURN true;
+END
+$$;
+-- The runtime role gets EXECUTE (docs/deploy.md); writers have no use for it.
+REVOKE ALL ON FUNCTION orderstream_change_log_recover() FROM PUBLIC;
 
 -- Rights: a change to who may read what reaches every open socket in commit order, on
 -- channel 'auth'. The payload only names the user: anyone who can connect may NOTIFY, so

@@ -1,0 +1,140 @@
+"""The change log is UNLOGGED: a crash of PostgreSQL empties it. Nothing committed is lost
+(the orders are logged), but a cursor from before the crash can no longer be replayed, so
+its client must get `resync`, never a silent "nothing missed"; live sessions get `resync`
+too, and everything afterwards flows as usual. A real crash: immediate shutdown of a
+PostgreSQL of this module's own, then crash recovery on start."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from db.embedded import EmbeddedPostgres, database_url
+from db.migrate import migrate
+from tests.conftest import ServerProcess, User, insert_order, open_socket
+from tests.support.database import new_user
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def crash_postgres() -> Iterator[tuple[EmbeddedPostgres, str]]:
+    """(Outside pytest's tmp dir: as root, the server runs as another user who must reach it.)"""
+    data = Path(tempfile.mkdtemp(prefix="orderstream-crash-"))
+    server = EmbeddedPostgres(data / "pg")
+    url = database_url(server.start(), "postgres")
+    migrate(url)
+    yield server, url
+    server.stop()
+    shutil.rmtree(data, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def crash_user(crash_postgres: tuple[EmbeddedPostgres, str]) -> User:
+    return new_user(crash_postgres[1], prefix="crash")
+
+
+def log_state(url: str, seq: int) -> tuple[bool, bool]:
+    """(whether change `seq` is still in the log, whether the log's sentinel is there)."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT EXISTS (SELECT FROM order_changes WHERE seq = %s),"
+            " EXISTS (SELECT FROM order_changes_alive)", (seq,)).fetchone()
+    assert row is not None
+    return row[0], row[1]
+
+
+def write(url: str, user: User, instrument: str) -> int:
+    with psycopg.connect(url, autocommit=True) as conn:
+        return insert_order(conn, user.id, instrument)
+
+
+async def test_crash_with_no_server_running_expires_older_cursors(
+        crash_postgres: tuple[EmbeddedPostgres, str], crash_user: User,
+        tmp_path: Path) -> None:
+    postgres, url = crash_postgres
+    server = ServerProcess(url, tmp_path)
+    server.start()
+    try:
+        async with open_socket(server, crash_user) as ws:
+            await ws.subscribe_orders()
+            write(url, crash_user, "SEEN")
+            seen = await ws.recv_type("order")
+        missed = write(url, crash_user, "MISSED")  # after the cursor, before the crash
+        with psycopg.connect(url) as conn:
+            row = conn.execute("SELECT max(seq) FROM order_changes").fetchone()
+        assert row is not None
+        missed_seq = row[0]
+    finally:
+        server.stop()
+    assert log_state(url, missed_seq) == (True, True)
+
+    postgres.crash()
+    # The crash did empty the log, sentinel included (nobody has recovered it yet), and lost
+    # no order.
+    assert log_state(url, missed_seq) == (False, False)
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT count(*) FROM orders WHERE id = %s",
+                            (missed,)).fetchone() == (1,)
+
+    server.start()  # its listener recovers the log on connecting
+    try:
+        assert log_state(url, missed_seq)[1], "the server did not put the sentinel back"
+        async with open_socket(server, crash_user) as ws:
+            await ws.subscribe_orders(after=seen["cursor"])
+            resync = await ws.recv_type("resync")
+            assert resync["reason"] == "cursor expired"
+            live = write(url, crash_user, "AFTER-CRASH")
+            event = await ws.recv_type("order")
+            assert event["order"]["id"] == live
+            latest = event["cursor"]
+        # A cursor from after the recovery resumes as usual, without resync.
+        gap = write(url, crash_user, "GAP")
+        async with open_socket(server, crash_user) as ws:
+            await ws.subscribe_orders(after=latest)
+            assert (await ws.recv_type("order"))["order"]["id"] == gap
+            await ws.assert_silent()
+    finally:
+        server.stop()
+
+
+async def test_crash_under_a_running_server_resyncs_live_sessions(
+        crash_postgres: tuple[EmbeddedPostgres, str], crash_user: User,
+        tmp_path: Path) -> None:
+    postgres, url = crash_postgres
+    server = ServerProcess(url, tmp_path)
+    server.start()
+    try:
+        async with open_socket(server, crash_user) as live, \
+                open_socket(server, crash_user) as gone:
+            await live.subscribe_orders()
+            await gone.subscribe_orders()
+            write(url, crash_user, "BEFORE")
+            await live.recv_type("order")
+            seen = await gone.recv_type("order")
+            await gone.conn.close()
+            write(url, crash_user, "MISSED")
+            await live.recv_type("order")
+
+            postgres.crash()
+            # The listener hears the connection die, reconnects, recovers the emptied log,
+            # and its catch-up finds the gap older than the log: every session reloads.
+            resync = await live.recv_type("resync", timeout=20)
+            assert resync["reason"] == "cursor expired"
+            after = write(url, crash_user, "AFTER")
+            assert (await live.recv_type("order", timeout=10))["order"]["id"] == after
+
+        async with open_socket(server, crash_user) as ws:
+            await ws.subscribe_orders(after=seen["cursor"])
+            assert (await ws.recv_type("resync"))["reason"] == "cursor expired"
+        async with open_socket(server, crash_user) as ws:
+            await ws.subscribe_orders()
+            fresh = write(url, crash_user, "FRESH")
+            assert (await ws.recv_type("order"))["order"]["id"] == fresh
+    finally:
+        server.stop()
