@@ -123,30 +123,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--owner", default="*", metavar="NAME",
                    help="only this user's orders ('*', the default: everyone's)")
     p.add_argument("--after", metavar="CURSOR", help="first the events since this cursor")
-    p = command("bench", "measure commit-to-socket latency and throughput")
-    p.add_argument("--updates", type=int, default=1000, help="single-row updates to time")
-    p.add_argument("--burst", type=int, default=5000, help="events in the throughput burst")
-    p.add_argument("--clients", type=int, default=20, help="extra sockets of the same owner")
-    p.add_argument("--fanout", action="store_true",
-                   help="instead: 100 sessions at rising frames/s against the naive build")
-    p.add_argument("--rates", default="10000,20000,40000,50000",
-                   help="with --fanout: frames/s to try (comma-separated)")
-    p.add_argument("--seconds", type=float, default=3.0,
-                   help="with --fanout: seconds of writing per rate and build;"
-                        " with --quotes: seconds of writing")
-    p.add_argument("--latency-updates", type=_positive(int), default=300,
-                   help="with --fanout: single-row updates per build for the latency figure")
-    p.add_argument("--bulk-rows", type=_positive(int), default=50_000,
-                   help="with --fanout: rows of the big UPDATE timed with and without triggers")
-    p.add_argument("--scale-sessions", type=int, default=0, metavar="N",
-                   help="with --fanout: also N sessions at once, one update per owner per"
-                        " second (issue 8 asks for 10000)")
-    p.add_argument("--quotes", action="store_true",
-                   help="instead: market data, --sessions sessions each on 10 of 100 instruments")
-    p.add_argument("--sessions", type=_positive(int), default=1000,
-                   help="with --quotes: sessions (default 1000)")
-    p.add_argument("--quote-rate", type=_positive(float), default=1000.0,
-                   help="with --quotes: quotes written per second (default 1000)")
+    p = command("bench", "measure latency, throughput and writer cost against the naive "
+                         "build and PostgreSQL's floor (docs/benchmarks.md)")
+    from cli.bench_options import add_bench_flags
+
+    add_bench_flags(p, _positive)
     return parser
 
 
@@ -284,23 +265,8 @@ def _run(command: str, args: argparse.Namespace, settings: config.Settings, url:
     if command == "tail":
         from cli.tail import run as run_tail
         return run_tail(url, settings, args.owner, args.after)
-    if command == "bench" and args.fanout:
-        from cli.bench_fanout import run_fanout_bench
-
-        try:
-            rates = [int(rate) for rate in args.rates.split(",")]
-        except ValueError:
-            return _fail(f"--rates: expected comma-separated integers, got {args.rates!r}")
-        return run_fanout_bench(url, settings, rates, args.seconds, args.latency_updates,
-                                args.bulk_rows, args.scale_sessions)
-    if command == "bench" and args.quotes:
-        from cli.bench_quotes import run_quotes_bench
-
-        return run_quotes_bench(url, settings, sessions=args.sessions, rate=args.quote_rate,
-                                seconds=args.seconds)
     if command == "bench":
-        from cli.bench import run_bench
-        return run_bench(url, settings, args.updates, args.burst, args.clients)
+        return _bench(args, settings, url)
     return _fail(f"unknown command {command!r}")
 
 
@@ -370,6 +336,26 @@ def _simulate(args: argparse.Namespace, url: str) -> int:
     from cli.simulate import run_cli
 
     return run_cli(url, args.rate, args.progress)
+
+
+def _bench(args: argparse.Namespace, settings: config.Settings, url: str) -> int:
+    from cli.bench_options import DEFAULT_SIZES
+
+    if args.fanout:
+        from cli.bench_fanout import run_fanout_bench
+
+        rates = list(args.rates or DEFAULT_SIZES.rates)
+        return run_fanout_bench(url, settings, rates, args.seconds or 3.0,
+                                args.latency_updates or 300, args.bulk_rows or 50_000,
+                                args.scale_sessions or 0)
+    if args.quotes:
+        from cli.bench_quotes import run_quotes_bench
+
+        return run_quotes_bench(url, settings, sessions=args.sessions or 1000,
+                                rate=args.quote_rate or 1000.0, seconds=args.seconds or 3.0)
+    from cli.bench_suite import run_suite
+
+    return run_suite(args, settings, url)
 
 
 def _share_metrics() -> str:

@@ -16,6 +16,7 @@ import random
 import secrets
 import time
 from multiprocessing.sharedctypes import Synchronized
+from typing import Any
 
 import psycopg
 import websockets
@@ -75,7 +76,7 @@ async def _session(port: int, token: str, symbols: list[str], ages: list[float],
 
 
 async def _run(url: str, port: int, token: str, symbols: list[str], sessions: int,
-               per_session: int, rate: float, seconds: float) -> None:
+               per_session: int, rate: float, seconds: float) -> dict[str, Any]:
     rng = random.Random(2)
     ages: list[float] = []
     counts = [0]
@@ -94,8 +95,9 @@ async def _run(url: str, port: int, token: str, symbols: list[str], sessions: in
         if i % 50 == 49:
             await asyncio.gather(*(r.wait() for r in readies))  # don't stampede the accept queue
     await asyncio.gather(*(r.wait() for r in readies))
+    subscribed_in = time.monotonic() - opened
     print(f"  {sessions} sessions x {per_session} of {len(symbols)} instruments subscribed in "
-          f"{time.monotonic() - opened:.1f} s")
+          f"{subscribed_in:.1f} s")
     spawn = multiprocessing.get_context("spawn")
     written = spawn.Value("q", 0)
     writer = spawn.Process(target=_write, args=(url, symbols, rate, seconds, written),
@@ -124,11 +126,20 @@ async def _run(url: str, port: int, token: str, symbols: list[str], sessions: in
     if ages:
         print(f"  quote age at the client (trigger -> received): p50 {_pct(ages, 0.5):.1f} ms"
               f"   p99 {_pct(ages, 0.99):.1f} ms   max {max(ages):.1f} ms")
+    return {"sessions": sessions, "instruments_per_session": per_session,
+            "instruments": len(symbols), "subscribed_in_s": subscribed_in,
+            "target_rate": rate, "quotes_written": quotes, "written_per_s": quotes / wrote_for,
+            "wanted_by_sessions": interested, "frames_delivered": delivered,
+            "frames_per_s": delivered / elapsed, "sent_of_unconflated": delivered / unconflated,
+            "age_p50_ms": _pct(ages, 0.5), "age_p99_ms": _pct(ages, 0.99),
+            "age_max_ms": max(ages, default=float("nan"))}
 
 
-def run_quotes_bench(url: str, settings: config.Settings, sessions: int = 1000,
-                     per_session: int = 10, instruments: int = 100, rate: float = 1000.0,
-                     seconds: float = 5.0) -> int:
+def measure_quotes(url: str, settings: config.Settings, sessions: int = 1000,
+                   per_session: int = 10, instruments: int = 100, rate: float = 1000.0,
+                   seconds: float = 5.0) -> dict[str, Any]:
+    """Start a server, make a user and the instruments, measure (printing as it goes),
+    clean up; the figures."""
     username = f"bench_quotes_{secrets.token_hex(4)}"
     user_id = create_user(url, Passwords(1, 8192), username, secrets.token_urlsafe(16), False)
     token = create_token(url, username)
@@ -140,15 +151,23 @@ def run_quotes_bench(url: str, settings: config.Settings, sessions: int = 1000,
                         " VALUES (%s, 99.99, 100.01, 100) ON CONFLICT (instrument) DO UPDATE"
                         " SET bid = 99.99, ask = 100.01, last = 100", [(s,) for s in symbols])
     # One user holds every session: lift the per-user socket limit for this server only.
-    os.environ["ORDERSTREAM_MAX_SOCKETS_PER_USER"] = str(sessions + 10)
-    proc, port = _start_server(url, settings)
+    proc, port = _start_server(url, settings,
+                               ORDERSTREAM_MAX_SOCKETS_PER_USER=str(sessions + 10))
     print(f"orderstream bench --quotes: server pid {proc.pid} on port {port}, "
           f"{os.cpu_count()} CPUs; clients, writer and server on this machine")
     try:
-        asyncio.run(_run(url, port, token, symbols, sessions, per_session, rate, seconds))
+        return asyncio.run(_run(url, port, token, symbols, sessions, per_session, rate,
+                                seconds))
     finally:
         proc.terminate()
         proc.wait(15)
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute("DELETE FROM users WHERE id = %s", (user_id,))
+
+
+def run_quotes_bench(url: str, settings: config.Settings, sessions: int = 1000,
+                     per_session: int = 10, instruments: int = 100, rate: float = 1000.0,
+                     seconds: float = 5.0) -> int:
+    """`bench --quotes`: the market-data report, printed."""
+    measure_quotes(url, settings, sessions, per_session, instruments, rate, seconds)
     return 0
