@@ -116,7 +116,7 @@ class Listener:
         await asyncio.wait_for(self._log.open(), timeout)
         try:
             # A crash may have emptied the (unlogged) change log since anyone last read it.
-            if await self._log.recover():
+            if await asyncio.wait_for(self._log.recover(), timeout):
                 log.warning("the change log was lost (crash, failover or restore): older"
                             " cursors get resync")
             self._truncate_floor = await self._log.truncated_xid()

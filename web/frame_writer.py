@@ -59,8 +59,8 @@ class Flusher:
         for writer in writers:
             try:
                 newest = writer.flush() or newest
-            except (OSError, RuntimeError) as exc:  # that socket is gone; the rest go out
-                log.warning("a socket failed a write: %s", exc)
+            except Exception:  # that socket's trouble; every other socket's frames go out
+                log.exception("a socket failed a write")
         if newest is not None:  # offers are live events: their age is the latency
             SAMPLER.sample(newest)
 
@@ -110,7 +110,6 @@ class FrameWriter:
         self._pending.append(data)
         self._pending_bytes += len(data)
         self._pending_text = frame
-        self._counters.frames_sent += 1
         return True
 
     def flush(self) -> str | None:
@@ -119,7 +118,8 @@ class FrameWriter:
         pending = self._pending
         if not pending:
             return None
-        data = pending[0] if len(pending) == 1 else b"".join(pending)
+        count = len(pending)
+        data = pending[0] if count == 1 else b"".join(pending)
         pending.clear()  # the same list again: no new object per socket per flush for the GC
         self._pending_bytes = 0
         # Once accepted, a socket stops taking frames by sending a close (our close, a
@@ -128,6 +128,8 @@ class FrameWriter:
         transport = self._transport
         if transport is not None and not transport.is_closing() and not self._protocol.close_sent:
             transport.write(data)
+            # Counted as written: frames dropped for a closed socket were never sent.
+            self._counters.frames_sent += count
         return self._pending_text
 
     async def write(self, frames: list[str]) -> None:
