@@ -17,6 +17,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -152,6 +153,20 @@ class Build:
         self.rows = rows
 
 
+def spawn_clients(main: Callable[[Connection, list[Target]], None], targets: list[Target],
+                  processes: int) -> list[tuple[multiprocessing.process.BaseProcess, Connection]]:
+    """`processes` client processes running `main`, each with every processes-th target and
+    its end of a pipe; (process, our end) each."""
+    context = multiprocessing.get_context("spawn")
+    clients = []
+    for i in range(processes):
+        parent, child = context.Pipe()
+        process = context.Process(target=main, args=(child, targets[i::processes]), daemon=True)
+        process.start()
+        clients.append((process, parent))
+    return clients
+
+
 def _run_rate(db: psycopg.Connection, build: Build, rate: int, seconds: float,
               targets: list[Target] | None = None, processes: int = CLIENT_PROCESSES,
               interval: float = BATCH_INTERVAL) -> Result:
@@ -159,14 +174,7 @@ def _run_rate(db: psycopg.Connection, build: Build, rate: int, seconds: float,
     every `interval` seconds, for `seconds`."""
     targets = build.targets if targets is None else targets
     sockets_per_owner = len(targets) // len(build.rows)
-    context = multiprocessing.get_context("spawn")
-    clients = []
-    for i in range(processes):
-        parent, child = context.Pipe()
-        process = context.Process(target=_client_main,
-                                  args=(child, targets[i::processes]), daemon=True)
-        process.start()
-        clients.append((process, parent))
+    clients = spawn_clients(_client_main, targets, processes)
     failures = 0
     for _, pipe in clients:
         _, failed = pipe.recv()

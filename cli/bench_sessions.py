@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import multiprocessing
 import os
 import struct
 import time
@@ -27,7 +26,14 @@ import psutil
 import psycopg
 
 from cli.bench import _pct
-from cli.bench_fanout import ROWS_PER_OWNER, Build, Result, Target, _cpu_seconds
+from cli.bench_fanout import (
+    ROWS_PER_OWNER,
+    Build,
+    Result,
+    Target,
+    _cpu_seconds,
+    spawn_clients,
+)
 from web.frames import event_ts
 
 OPEN_AT_ONCE = 50  # sockets opening together, per client process
@@ -177,14 +183,7 @@ def run_sessions(db: psycopg.Connection, build: Build, targets: list[Target],
     """Open `targets` from `processes` client processes, then update one row every
     `interval` seconds, owner after owner, for `seconds`: each update reaches every
     session of its owner."""
-    context = multiprocessing.get_context("spawn")
-    clients = []
-    for i in range(processes):
-        parent, child = context.Pipe()
-        process = context.Process(target=_client_main, args=(child, targets[i::processes]),
-                                  daemon=True)
-        process.start()
-        clients.append((process, parent))
+    clients = spawn_clients(_client_main, targets, processes)
     failures = sum(pipe.recv()[1] for _, pipe in clients)
     owners = sorted(build.rows)
     sessions_of = {owner: sum(t.owner == owner for t in targets) for owner in owners}

@@ -10,7 +10,6 @@ failure.
 from __future__ import annotations
 
 import asyncio
-import multiprocessing
 import subprocess
 import time
 from dataclasses import asdict, dataclass
@@ -23,7 +22,14 @@ import websockets
 
 import config
 from cli.bench import _pct, _start_server
-from cli.bench_fanout import BATCH_INTERVAL, ROWS_PER_OWNER, Target, _cpu_seconds, _open
+from cli.bench_fanout import (
+    BATCH_INTERVAL,
+    ROWS_PER_OWNER,
+    Target,
+    _cpu_seconds,
+    _open,
+    spawn_clients,
+)
 from web.frames import event_ts
 
 SETUPS = ("one process", "--workers 2", "two processes")
@@ -123,14 +129,7 @@ class SetupResult:
 def _measure(db: psycopg.Connection, setup: str, servers: list[subprocess.Popen[bytes]],
              targets: list[Target], rows: dict[int, list[int]], rate: int,
              seconds: float) -> SetupResult:
-    context = multiprocessing.get_context("spawn")
-    clients = []
-    for i in range(CLIENT_PROCESSES):
-        parent, child = context.Pipe()
-        process = context.Process(target=_client_main, args=(child, targets[i::CLIENT_PROCESSES]),
-                                  daemon=True)
-        process.start()
-        clients.append((process, parent))
+    clients = spawn_clients(_client_main, targets, CLIENT_PROCESSES)
     try:
         return _write_and_count(db, setup, servers, targets, rows, rate, seconds, clients)
     finally:

@@ -6,32 +6,23 @@ PostgreSQL of this module's own, then crash recovery on start."""
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
 
-from db.embedded import EmbeddedPostgres, database_url
-from db.migrate import migrate
+from db.embedded import EmbeddedPostgres
 from tests.conftest import ServerProcess, User, insert_order, open_socket
-from tests.support.database import new_user
+from tests.support.database import new_user, own_postgres
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def crash_postgres() -> Iterator[tuple[EmbeddedPostgres, str]]:
-    """(Outside pytest's tmp dir: as root, the server runs as another user who must reach it.)"""
-    data = Path(tempfile.mkdtemp(prefix="orderstream-crash-"))
-    server = EmbeddedPostgres(data / "pg")
-    url = database_url(server.start(), "postgres")
-    migrate(url)
-    yield server, url
-    server.stop()
-    shutil.rmtree(data, ignore_errors=True)
+    with own_postgres("crash") as server_and_url:
+        yield server_and_url
 
 
 @pytest.fixture(scope="module")

@@ -6,35 +6,25 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
-import shutil
 import socket
-import tempfile
 import time
-from pathlib import Path
 
 import httpx
 import psycopg
 import pytest
 
 from cli.users import create_token, create_user
-from db.embedded import EmbeddedPostgres, database_url
-from db.migrate import migrate
 from tests.conftest import FAST_PASSWORDS, ServerProcess, User, insert_order, open_socket
+from tests.support.database import own_postgres as private_postgres
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def own_postgres():
-    """A PostgreSQL of this module's own, so restarting it disturbs no other test.
-    (Outside pytest's tmp dir: as root, the server runs as another user who must reach it.)"""
-    data = Path(tempfile.mkdtemp(prefix="orderstream-faults-"))
-    server = EmbeddedPostgres(data / "pg")
-    url = database_url(server.start(), "postgres")
-    migrate(url)
-    yield server, url
-    server.stop()
-    shutil.rmtree(data, ignore_errors=True)
+    """A PostgreSQL of this module's own, so restarting it disturbs no other test."""
+    with private_postgres("faults") as server_and_url:
+        yield server_and_url
 
 
 @pytest.fixture(scope="module")

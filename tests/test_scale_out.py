@@ -89,9 +89,11 @@ def _expected(conn: psycopg.Connection, after_seq: int, owner_ids: list[int]) ->
     return expected
 
 
-async def _collect(ws: Socket, want: set[int], owner_ids: set[int]) -> list[dict[str, Any]]:
+async def _collect(ws: Socket, want: set[int], owner_ids: set[int],
+                   staff: bool) -> list[dict[str, Any]]:
     """Order frames of `owner_ids` until every seq in `want` has arrived (or 20 s pass);
-    duplicates and strays are kept so the assertions can see them."""
+    duplicates and strays are kept so the assertions can see them. An owner's socket must
+    see no other owner's order, whichever process holds it."""
     frames: list[dict[str, Any]] = []
     seen: set[int] = set()
     while not want <= seen:
@@ -100,6 +102,8 @@ async def _collect(ws: Socket, want: set[int], owner_ids: set[int]) -> list[dict
         if frame["order"]["owner_id"] in owner_ids:
             frames.append(frame)
             seen.add(frame["seq"])
+        else:
+            assert staff, f"an owner's socket got another owner's order: {frame}"
     return frames
 
 
@@ -128,7 +132,8 @@ async def test_each_session_gets_each_event_once_across_processes(
             assert len(expected["*"]) > 2 * BULK_ROWS + SINGLE_WRITES
 
             received = await asyncio.gather(*(
-                _collect(ws, expected[key], set(owner_ids) if key == "*" else {key})
+                _collect(ws, expected[key], set(owner_ids) if key == "*" else {key},
+                         staff=key == "*")
                 for key, ws in sessions))
             orders_by_key: dict[Any, list[list[int]]] = {}
             for (key, _), frames in zip(sessions, received, strict=True):

@@ -10,14 +10,33 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import shutil
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import psycopg
 
 from cli.users import create_token, create_user
-from db.embedded import database_url
+from db.embedded import EmbeddedPostgres, database_url
 from db.migrate import migrate
 from tests.conftest import FAST_PASSWORDS, User
+
+
+@contextlib.contextmanager
+def own_postgres(prefix: str) -> Iterator[tuple[EmbeddedPostgres, str]]:
+    """A migrated PostgreSQL server of the caller's own (to restart, stop or crash), and the
+    URL of its database; removed afterwards. (Outside pytest's tmp dir: as root, the server
+    runs as another user who must reach it.)"""
+    data = Path(tempfile.mkdtemp(prefix=f"orderstream-{prefix}-"))
+    server = EmbeddedPostgres(data / "pg")
+    try:
+        url = database_url(server.start(), "postgres")
+        migrate(url)
+        yield server, url
+    finally:
+        server.stop()
+        shutil.rmtree(data, ignore_errors=True)
 
 
 @contextlib.contextmanager
