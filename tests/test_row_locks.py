@@ -45,6 +45,17 @@ async def timed(call: Any) -> tuple[httpx.Response, float]:
     return response, time.monotonic() - start
 
 
+async def wait_until_blocked_by(conn: psycopg.Connection, holder_pid: int,
+                                timeout: float = 10.0) -> None:
+    """Wait until some backend waits on a lock `holder_pid` holds."""
+    deadline = time.monotonic() + timeout
+    while not conn.execute("SELECT EXISTS (SELECT FROM pg_stat_activity"
+                           " WHERE %s = ANY (pg_blocking_pids(pid)))",
+                           (holder_pid,)).fetchone()[0]:  # type: ignore[index]
+        assert time.monotonic() < deadline, "no write came to wait on the held row"
+        await asyncio.sleep(0.01)
+
+
 def spread(times: list[float]) -> str:
     ms = sorted(t * 1000 for t in times)
     return (f"n={len(ms)} min={ms[0]:.0f} median={statistics.median(ms):.0f}"
@@ -173,7 +184,7 @@ def tight_server(db_url: str, tmp_path: Path) -> Iterator[ServerProcess]:
     proc = ServerProcess(db_url, tmp_path, extra_env={
         "ORDERSTREAM_POOL_MAX_SIZE": "4", "ORDERSTREAM_POOL_READ_RESERVE": "3",
         "ORDERSTREAM_POOL_ACQUIRE_TIMEOUT_S": "0.3", "ORDERSTREAM_API_LOCK_TIMEOUT_MS": "0",
-        "ORDERSTREAM_API_STATEMENT_TIMEOUT_MS": "1000"})
+        "ORDERSTREAM_API_STATEMENT_TIMEOUT_MS": "2000"})
     proc.start()
     yield proc
     proc.stop()
@@ -190,11 +201,12 @@ async def test_statement_timeout_and_a_full_write_queue_answer_503(tight_server,
             holder.execute("SELECT id FROM orders WHERE id = %s FOR UPDATE", (locked,))
             first = asyncio.create_task(timed(http.patch(f"/api/orders/{locked}",
                                                          json={"price": "2"})))
-            await asyncio.sleep(0.1)  # the first takes the only write slot and waits on the lock
-            queued = await asyncio.gather(*[
+            # Only once the first holds the only write slot and waits on the lock are the
+            # others sure to find the queue full; a fixed sleep lost that race on a busy CI.
+            await wait_until_blocked_by(sql, holder.info.backend_pid)
+            *queued, (delete, _) = await asyncio.gather(*[
                 timed(http.patch(f"/api/orders/{locked}", json={"price": "3"}))
-                for _ in range(3)])
-            delete, _ = await timed(http.delete(f"/api/orders/{locked}"))
+                for _ in range(3)], timed(http.delete(f"/api/orders/{locked}")))
             reads, read_took = await timed(http.get(f"/api/orders/{locked}"))
             health = await http.get("/healthz")
             blocked, blocked_took = await first
@@ -213,7 +225,7 @@ async def test_statement_timeout_and_a_full_write_queue_answer_503(tight_server,
     error = assert_error_shape(blocked, {"timeout"})
     assert "statement timeout" in error["message"]
     assert blocked.headers.get("retry-after") == "1"
-    assert 0.9 < blocked_took < 3.0
+    assert 1.9 < blocked_took < 4.0
 
 
 async def test_the_pool_sets_timeouts_and_keeps_connections_back(db_url):
