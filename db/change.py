@@ -37,13 +37,15 @@ class Change(NamedTuple):
 class Page:
     """What one read found: changes in delivery order, read in `snapshot`. `complete`:
     nothing else uncovered was visible in it. `expired`: the log no longer reaches back to
-    the position (retention, TRUNCATE), so nothing was read."""
+    the position (retention, TRUNCATE, a lost log, another generation), so nothing was
+    read. `generation`: the log's when it was read."""
 
     changes: list[Change]
     snapshot: Snapshot
     complete: bool
     expired: bool = False
     rights: Rights | None = None
+    generation: int = 0
 
     def positions(self, start: Position) -> list[Position]:
         """The position after each change, starting from `start`."""
@@ -57,10 +59,16 @@ class Page:
     def end(self, start: Position) -> Position:
         """The position once the whole page is delivered. (From its last change alone:
         a read in (xid, seq) order covers every visible change below it.)"""
+        if self.expired:
+            # Whoever reads this page is sent `resync`: it starts again from the snapshot,
+            # in the log's generation. Nothing of `start` is kept: it may name xids of a
+            # lost log (or another database) that this one has yet to hand out, and
+            # covering those would skip their changes once they come.
+            return Position(generation=self.generation).merge(self.snapshot)
         position = start
         if self.changes:
             last = self.changes[-1]
             position = start.after_read(last.xid, last.seq, self.snapshot)
-        if self.complete or self.expired:
+        if self.complete:
             position = position.merge(self.snapshot)
         return position

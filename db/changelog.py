@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import NamedTuple
 
 import asyncpg
 
@@ -65,6 +66,25 @@ def _bounded(query: str, max_bytes: str) -> str:
 
 _PAGE_OF_CURRENT = _bounded(_REST_OF_CURRENT, "$5")
 _PAGE_OF_UNCOVERED = _bounded(_UNCOVERED, "$7")
+# The log's state in one snapshot. `alive`: the unlogged log survived since its horizon was
+# last set; after a crash it is empty and proves nothing until a server recovers it.
+_STATE = ("SELECT pg_current_snapshot()::text AS snapshot,"
+          " pruned_xid::text::bigint AS pruned, truncated_xid::text::bigint AS truncated,"
+          " generation, EXISTS (SELECT FROM order_changes_alive) AS alive"
+          " FROM order_changes_horizon")
+
+
+class LogState(NamedTuple):
+    """What the log is now: a snapshot, its generation, and whether it is whole."""
+
+    snapshot: Snapshot
+    generation: int
+    alive: bool
+
+    def start(self) -> Position:
+        """A position that takes everything committed before the snapshot as delivered:
+        where a stream starts (or starts again), in the log's generation."""
+        return Position(generation=self.generation).merge(self.snapshot)
 
 
 class ChangeLog:
@@ -98,11 +118,15 @@ class ChangeLog:
     async def snapshot(self) -> Snapshot:
         return Snapshot.parse(await self.pool.fetchval("SELECT pg_current_snapshot()::text"))
 
+    async def state(self) -> LogState:
+        row = await self.pool.fetchrow(_STATE)
+        return LogState(Snapshot.parse(row["snapshot"]), row["generation"], row["alive"])
+
     async def recover(self) -> bool:
         """After a crash, a failover or a restore, PostgreSQL starts the (unlogged) change log
-        empty: move its horizon past everything before, so older positions expire, instead
-        of reading an empty log as "nothing missed". True if this call did it; a no-op
-        otherwise (one query)."""
+        empty: move its horizon past everything before and give it a new generation, so
+        older positions expire, instead of reading an empty log as "nothing missed". True if
+        this call did it; a no-op otherwise (one query)."""
         return bool(await self.pool.fetchval("SELECT orderstream_change_log_recover()"))
 
     async def truncated_xid(self) -> int:
@@ -128,24 +152,22 @@ class ChangeLog:
         snapshot, so no change is judged by rights older than it."""
         async with self.pool.acquire() as conn, conn.transaction(isolation="repeatable_read",
                                                                  readonly=True):
-            # `alive`: the unlogged log survived since its horizon was last set; after a crash
-            # it is empty and proves nothing until a server recovers it (recover()).
-            row = await conn.fetchrow(
-                "SELECT pg_current_snapshot()::text AS snapshot,"
-                " pruned_xid::text::bigint AS pruned, truncated_xid::text::bigint AS truncated,"
-                " EXISTS (SELECT FROM order_changes_alive) AS alive"
-                " FROM order_changes_horizon")
+            row = await conn.fetchrow(_STATE)
             snapshot = Snapshot.parse(row["snapshot"])
+            generation = row["generation"]
             rights = await load_rights(conn, who) if who is not None else None
-            if not row["alive"] or _expired(position, snapshot, row["pruned"], row["truncated"]):
-                return Page([], snapshot, complete=True, expired=True, rights=rights)
+            if not row["alive"] or _expired(position, snapshot, row["pruned"], row["truncated"],
+                                            generation):
+                return Page([], snapshot, complete=True, expired=True, rights=rights,
+                            generation=generation)
             changes: list[Change] = []
             current = position.current
             if current is not None:
                 rows = await conn.fetch(_PAGE_OF_CURRENT, str(current[0]), current[1],
                                         owner_id, max_rows, max_bytes)
                 if _cut(rows, max_rows):
-                    return Page(_changes(rows), snapshot, complete=False, rights=rights)
+                    return Page(_changes(rows), snapshot, complete=False, rights=rights,
+                                generation=generation)
                 changes = _changes(rows)
                 max_rows -= len(rows)
                 max_bytes -= sum(r["bytes"] for r in rows)
@@ -157,7 +179,7 @@ class ChangeLog:
                 max(max_bytes, 1))
             changes += _changes(rows)
             return Page(changes, snapshot, complete=not _cut(rows, max(max_rows, 1)),
-                        rights=rights)
+                        rights=rights, generation=generation)
 
     async def read_transaction(self, xid: int, after_seq: int, max_rows: int = 1000,
                                max_bytes: int = 1 << 20) -> tuple[list[Change], bool]:
@@ -178,8 +200,15 @@ def _cut(rows: list[asyncpg.Record], max_rows: int) -> bool:
     return bool(rows) and (rows[0]["total"] > len(rows) or len(rows) >= max_rows)
 
 
-def _expired(position: Position, snapshot: Snapshot, pruned: int, truncated: int) -> bool:
+def _expired(position: Position, snapshot: Snapshot, pruned: int, truncated: int,
+             generation: int) -> bool:
     """Whether the log no longer covers what `position` has not seen."""
+    if position.generation != generation:
+        # From before a loss of the log (or another database): its xids may be ones this
+        # database hands out again to other transactions, however they compare with ours.
+        # Generations are random: none is "higher", and a cursor from the future (below)
+        # gets the same answer.
+        return True
     current = position.current
     if position.xmax > snapshot.xmax or (current is not None and current[0] >= snapshot.xmax):
         # Transactions this database has not even started: a cursor from another database

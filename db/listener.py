@@ -41,6 +41,9 @@ PAGE_ROWS, PAGE_BYTES = 2000, 4 << 20
 RETRY_FIRST, RETRY_CAP = 0.05, 5.0
 # Queued when a forged notification moved the position.
 RESET: Notification = ("", "reset")
+# Queued when the change log was lost, or recovered by another server, while this
+# listener's connection stayed up: read the log (which recovers and expires what it lost).
+RELOOK: Notification = ("", "relook")
 
 
 class Sink(Protocol):
@@ -88,6 +91,8 @@ class Listener:
         # True while the pump waits for a notification with nothing in hand: then one that
         # arrives may be published from the connection's callback (the fast lane).
         self._pump_idle = False
+        # A RELOOK is queued and its catch-up has not begun: one is enough.
+        self._relook_queued = False
         self._notifications.on_arrival = self._on_arrival
 
     @property
@@ -121,8 +126,9 @@ class Listener:
                             " cursors get resync")
             self._truncate_floor = await self._log.truncated_xid()
             await asyncio.wait_for(self._notifications.start(), timeout)
-            # Everything committed before LISTEN took effect counts as delivered.
-            self._sink.advance(Position().merge(await self._log.snapshot()))
+            # Everything committed before LISTEN took effect counts as delivered; positions
+            # from here on are of the log's generation now.
+            self._sink.advance((await asyncio.wait_for(self._log.state(), timeout)).start())
         except BaseException:
             await self._notifications.close()
             await self._log.close()
@@ -152,14 +158,23 @@ class Listener:
     async def _watch_position(self) -> None:
         """Anyone who can connect may NOTIFY: a payload naming a transaction the database
         has not started would move the position past real changes. Everything published had
-        committed before a snapshot taken afterwards, so a position past it was forged."""
+        committed before a snapshot taken afterwards, so a position past it was forged.
+
+        Also, a lost change log (or one another server recovered) that this listener did not
+        hear of, its connection having stayed up: its cursors would all be expired."""
         while True:
             await asyncio.sleep(self._health_interval)
             claimed = self.position
             try:
-                snapshot = await self._log.snapshot()
+                state = await self._log.state()
             except DB_ERRORS:
                 continue
+            if not state.alive or state.generation != claimed.generation:
+                if not self._relook_queued:
+                    self._relook_queued = True
+                    self._notifications.put(RELOOK)
+                continue
+            snapshot = state.snapshot
             current = claimed.current
             if claimed.xmax > snapshot.xmax or (current is not None
                                                 and current[0] >= snapshot.xmax):
@@ -182,6 +197,8 @@ class Listener:
             try:
                 if item is RESET:
                     await self._reset()
+                elif item is RELOOK:
+                    await self._catch_up("change log lost or recovered by another server")
                 elif item is None:
                     # Read only once LISTENing again: whatever commits after the read's
                     # snapshot is then sure to be heard.
@@ -219,12 +236,12 @@ class Listener:
         the forged notification is lost, so every session reloads."""
         while True:
             try:
-                snapshot = await self._log.snapshot()
+                state = await self._log.state()
                 break
             except DB_ERRORS as exc:
                 log.warning("reset: no snapshot (%s); retrying", exc)
                 await asyncio.sleep(RETRY_CAP)
-        self._sink.advance(Position().merge(snapshot))
+        self._sink.advance(state.start())
         self._sink.resync_all(ResyncReason.FORGED)
 
     async def _dispatch(self, channel: str, payload: str) -> None:
@@ -361,6 +378,9 @@ class Listener:
         published = 0
         retry = RETRY_FIRST
         recovered = False
+        # Whatever queued a RELOOK, this read answers it (the position check may queue
+        # another until the new generation is ours: one more read, harmless).
+        self._relook_queued = False
         while True:
             who = self._sink.identities()
             position = self.position

@@ -19,7 +19,17 @@ So `pending` holds only transactions that were running at the last snapshot seen
 idle `BEGIN; UPDATE ...` left open in psql is one entry for as long as it stays open,
 whatever else commits around it. Positions are immutable; every step returns a new one.
 
-The cursor is the position as text: "p<xmax>[~<low>-<high>,<xid>...][;<xid>.<seq>]".
+Xids name transactions only within one *generation* of the change log. The log is unlogged:
+a crash, a promoted standby or a restored base backup starts it empty, and may also have
+lost transactions whose xids the database then hands out again. The server that recovers
+the log (orderstream_change_log_recover() in db/triggers.sql) gives it a new random
+generation, and a position of any other generation is expired, whatever xids it names.
+Generation 0 is the log's before its first loss.
+
+The cursor is the position as text:
+"p<xmax>[~<low>-<high>,<xid>...][;<xid>.<seq>][@<generation>]", the generation in lowercase
+hexadecimal and left out when it is 0 (so cursors of generation 0 read exactly as those of
+releases before generations, and those still parse, as generation 0).
 """
 
 from __future__ import annotations
@@ -63,28 +73,32 @@ class Snapshot:
 class Position:
     """Immutable by convention: every step returns a new one. A plain class with slots,
     not a frozen dataclass: the listener makes one per change, and a frozen dataclass's
-    __init__ (object.__setattr__ per field) was a fifth of its time (py-spy)."""
+    __init__ (object.__setattr__ per field) was a fifth of its time (py-spy).
 
-    __slots__ = ("_text", "current", "pending", "xmax")
+    `generation` is the change log's (module docstring): the xids are that log's."""
+
+    __slots__ = ("_text", "current", "generation", "pending", "xmax")
 
     def __init__(self, xmax: int = 0, pending: tuple[Range, ...] = (),
-                 current: tuple[int, int] | None = None) -> None:
+                 current: tuple[int, int] | None = None, generation: int = 0) -> None:
         self.xmax = xmax
         self.pending = pending
         self.current = current
+        self.generation = generation
         self._text: str | None = None  # the cursor, made on first use
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Position):
             return NotImplemented
-        return (self.xmax, self.pending, self.current) == (other.xmax, other.pending,
-                                                           other.current)
+        return ((self.xmax, self.pending, self.current, self.generation)
+                == (other.xmax, other.pending, other.current, other.generation))
 
     def __hash__(self) -> int:
-        return hash((self.xmax, self.pending, self.current))
+        return hash((self.xmax, self.pending, self.current, self.generation))
 
     def __repr__(self) -> str:
-        return f"Position(xmax={self.xmax}, pending={self.pending}, current={self.current})"
+        return (f"Position(xmax={self.xmax}, pending={self.pending}, current={self.current},"
+                f" generation={self.generation})")
 
     # -- questions -------------------------------------------------------------------
 
@@ -107,7 +121,8 @@ class Position:
         return self.finished(xid)
 
     def includes(self, other: Position) -> bool:
-        """Whether everything `other` covers is covered here."""
+        """Whether everything `other` covers is covered here (never for a position of
+        another generation: see union)."""
         if other.current is not None and not self.covers(*other.current):
             return False
         return self.union(other) == self
@@ -122,7 +137,8 @@ class Position:
         """The position once change `seq` of transaction `xid`, written in `snapshot`, is
         delivered in commit order (the live stream)."""
         if snapshot is None and self._current_is(xid):
-            return Position(self.xmax, self.pending, (xid, seq))  # the common step, cheap
+            # The common step, cheap.
+            return Position(self.xmax, self.pending, (xid, seq), self.generation)
         position = self
         if position.current is not None and position.current[0] != xid:
             position = position.finish(position.current[0])
@@ -148,9 +164,10 @@ class Position:
             return self._with_current(None) if self._current_is(xid) else self
         if xid >= self.xmax:
             pending = self.pending + (((self.xmax, xid - 1),) if xid > self.xmax else ())
-            position = Position(xid + 1, pending, self.current)
+            position = Position(xid + 1, pending, self.current, self.generation)
         else:
-            position = Position(self.xmax, _remove(self.pending, xid), self.current)
+            position = Position(self.xmax, _remove(self.pending, xid), self.current,
+                                self.generation)
         return position._with_current(None) if position._current_is(xid) else position._bounded()
 
     def merge(self, snapshot: Snapshot, below: int | None = None) -> Position:
@@ -169,7 +186,7 @@ class Position:
         if visible_upto > xmax:
             kept.extend((xid, xid) for xid in running if xmax <= xid < visible_upto)
             xmax = visible_upto
-        position = Position(xmax, _normalise(kept), self.current)
+        position = Position(xmax, _normalise(kept), self.current, self.generation)
         current = position.current
         if current is not None and position.finished(current[0]):
             position = position._with_current(None)
@@ -177,11 +194,18 @@ class Position:
 
     def union(self, other: Position) -> Position:
         """What either position covers (one partial transaction at most: another is
-        dropped, which makes a resume repeat it, never lose it)."""
+        dropped, which makes a resume repeat it, never lose it).
+
+        Positions of two generations share no transaction: then it is `other`, the
+        stream's (the hub's) position in every caller. Whoever holds the other generation
+        was, or is about to be, sent `resync` by the change of generation itself."""
+        if self.generation != other.generation:
+            return other
         xmax = max(self.xmax, other.xmax)
         mine = [*self.pending, *(((self.xmax, xmax - 1),) if xmax > self.xmax else ())]
         theirs = [*other.pending, *(((other.xmax, xmax - 1),) if xmax > other.xmax else ())]
-        position = Position(xmax, _normalise(_intersect(mine, theirs)))
+        position = Position(xmax, _normalise(_intersect(mine, theirs)), None,
+                            self.generation)
         currents = [c for c in (self.current, other.current)
                     if c is not None and not position.finished(c[0])]
         if currents:
@@ -203,6 +227,8 @@ class Position:
             text += "~" + ",".join(str(a) if a == b else f"{a}-{b}" for a, b in self.pending)
         if self.current is not None:
             text += f";{self.current[0]}.{self.current[1]}"
+        if self.generation:
+            text += f"@{self.generation:x}"
         return text
 
     @classmethod
@@ -220,13 +246,15 @@ class Position:
 
     @classmethod
     def _parse(cls, text: str) -> Position:
+        text, at, generation_text = text.partition("@")
+        generation = _generation(generation_text) if at else 0
         body, _, current_text = text.partition(";")
         head, tilde, tail = body.partition("~")
         xmax = _number(head)
         pending = _ranges(tail) if tilde else []
         if len(pending) > MAX_PENDING or (pending and pending[-1][1] >= xmax):
             raise ValueError(text)
-        return cls(xmax, tuple(pending), _current(current_text))
+        return cls(xmax, tuple(pending), _current(current_text), generation)
 
     @classmethod
     def _parse_watermark_cursor(cls, text: str) -> Position:
@@ -251,7 +279,7 @@ class Position:
         return self.current is not None and self.current[0] == xid
 
     def _with_current(self, current: tuple[int, int] | None) -> Position:
-        return Position(self.xmax, self.pending, current)
+        return Position(self.xmax, self.pending, current, self.generation)
 
     def _bounded(self) -> Position:
         if len(self.pending) <= MAX_PENDING:
@@ -259,13 +287,23 @@ class Position:
         # Forget coverage from the first range the cursor cannot name.
         xmax = self.pending[MAX_PENDING][0]
         current = self.current if self.current is not None and self.current[0] < xmax else None
-        return Position(xmax, self.pending[:MAX_PENDING], current)
+        return Position(xmax, self.pending[:MAX_PENDING], current, self.generation)
 
 
 def _number(text: str) -> int:
     if not text.isascii() or not text.isdigit() or len(text) > 19 or int(text) > MAX_XID:
         raise ValueError(text)
     return int(text)
+
+
+def _generation(text: str) -> int:
+    # One text per generation: lowercase, no leading zero, and 0 is written by leaving it out.
+    if not 0 < len(text) <= 16 or text[0] == "0" or text.strip("0123456789abcdef"):
+        raise ValueError(text)
+    value = int(text, 16)
+    if value > MAX_XID:
+        raise ValueError(text)
+    return value
 
 
 def _current(text: str) -> tuple[int, int] | None:

@@ -348,6 +348,9 @@ CREATE TRIGGER orders_truncate
 CREATE OR REPLACE FUNCTION orderstream_change_log_recover()
 RETURNS boolean LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, public, pg_temp AS $$
+DECLARE
+    previous bigint;
+    fresh bigint;
 BEGIN
     IF EXISTS (SELECT FROM order_changes_alive) THEN
         RETURN false;
@@ -357,7 +360,19 @@ BEGIN
     IF NOT FOUND THEN
         RETURN false;
     END IF;
-    UPDATE order_changes_horizon SET pruned_xid = greatest(pruned_xid, pg_current_xact_id());
+    -- A new generation expires every older cursor, even one naming xids above the horizon
+    -- (lost with a promoted standby's old primary, reused here). Random, not a counter: a
+    -- failover or a crash may lose this very commit after servers handed out cursors of
+    -- it, and the next recovery would count to the same value again over reused xids.
+    -- 62 bits of gen_random_uuid()'s strong random source (the rest are fixed bits).
+    SELECT generation INTO previous FROM order_changes_horizon;
+    LOOP
+        fresh := ('x' || right(replace(gen_random_uuid()::text, '-', ''), 16))::bit(64)::bigint
+                 & 4611686018427387903;
+        EXIT WHEN fresh NOT IN (0, previous);  -- 0: the generation before any loss
+    END LOOP;
+    UPDATE order_changes_horizon
+       SET pruned_xid = greatest(pruned_xid, pg_current_xact_id()), generation = fresh;
     RETURN true;
 END
 $$;

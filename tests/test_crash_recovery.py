@@ -13,6 +13,7 @@ import psycopg
 import pytest
 
 from db.embedded import EmbeddedPostgres
+from db.position import Position
 from tests.conftest import ServerProcess, User, insert_order, open_socket
 from tests.support.database import new_user, own_postgres
 
@@ -38,6 +39,13 @@ def log_state(url: str, seq: int) -> tuple[bool, bool]:
             " EXISTS (SELECT FROM order_changes_alive)", (seq,)).fetchone()
     assert row is not None
     return row[0], row[1]
+
+
+def generation(url: str) -> int:
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute("SELECT generation FROM order_changes_horizon").fetchone()
+    assert row is not None
+    return row[0]
 
 
 def write(url: str, user: User, instrument: str) -> int:
@@ -84,6 +92,9 @@ async def test_crash_with_no_server_running_expires_older_cursors(
             event = await ws.recv_type("order")
             assert event["order"]["id"] == live
             latest = event["cursor"]
+        # The recovery drew a new generation of the log, and cursors carry it.
+        assert Position.parse(latest).generation == generation(url)
+        assert generation(url) not in (0, Position.parse(seen["cursor"]).generation)
         # A cursor from after the recovery resumes as usual, without resync.
         gap = write(url, crash_user, "GAP")
         async with open_socket(server, crash_user) as ws:
@@ -118,7 +129,11 @@ async def test_crash_under_a_running_server_resyncs_live_sessions(
             resync = await live.recv_type("resync", timeout=20)
             assert resync["reason"] == "cursor expired"
             after = write(url, crash_user, "AFTER")
-            assert (await live.recv_type("order", timeout=10))["order"]["id"] == after
+            event = await live.recv_type("order", timeout=10)
+            assert event["order"]["id"] == after
+            # The live session's cursors are of the generation its server recovered.
+            assert Position.parse(event["cursor"]).generation == generation(url)
+            assert generation(url) != Position.parse(seen["cursor"]).generation
 
         async with open_socket(server, crash_user) as ws:
             await ws.subscribe_orders(after=seen["cursor"])

@@ -127,6 +127,82 @@ def test_parse_refuses_what_the_server_never_hands_out(bad):
         Position.parse(bad)
 
 
+# -- the change log's generation (db/position.py; a lost log gets a new, random one) -------
+
+G = 0x2C7E1F0A9B3D4E56  # a generation as orderstream_change_log_recover() draws them
+
+
+def test_a_cursor_of_generation_0_reads_as_before_generations():
+    """Byte for byte what servers without generations hand out, and what they handed out
+    still parses, as generation 0."""
+    p = Position(2000000010, ((7, 1000000000), (2000000000, 2000000000)), (2000000005, 17))
+    assert p.cursor() == "p2000000010~7-1000000000,2000000000;2000000005.17"
+    assert Position(7).cursor() == "p7" and Position(9, (), (9, 1), 0).cursor() == "p9;9.1"
+    for text in ("p7", "p2000000010~7-1000000000,2000000000;2000000005.17", "p9;9.1"):
+        assert Position.parse(text).generation == 0
+    assert Position.parse("100:100-102,105;106.5").generation == 0  # the format before
+
+
+def test_a_cursor_carries_its_generation_and_round_trips():
+    p = Position(2000000010, ((7, 1000000000),), (2000000005, 17), G)
+    assert p.cursor() == "p2000000010~7-1000000000;2000000005.17@2c7e1f0a9b3d4e56"
+    assert Position.parse(p.cursor()) == p and Position.parse(p.cursor()).generation == G
+    for text in ("p7@1", "p7@2c7e1f0a9b3d4e56", "p9;9.1@ff", "p9~3@3fffffffffffffff",
+                 "p9@7fffffffffffffff"):
+        assert Position.parse(text).cursor() == text
+    # The same xids in two generations are two positions.
+    assert Position(7, generation=G) != Position(7)
+    assert hash(Position(7, generation=G)) != hash(Position(7))
+
+
+def test_every_step_keeps_the_generation():
+    start = Position(100, ((90, 90),), generation=G)
+    stepped = [
+        start.after_change(100, 1),
+        start.after_change(101, 2, Snapshot(101, (90,))),
+        start.after_read(105, 1, Snapshot(110, (90,))),
+        start.finish(90), start.finish(120),
+        start.merge(Snapshot(130, (90,))),
+        start.union(Position(120, ((90, 95),), generation=G)),
+        Position(0, generation=G).merge(
+            Snapshot(1000, tuple(range(2, 2 * (MAX_PENDING + 10), 2)))),  # bounded
+        *Page([Change(1, 90, 1, None, "{}"), Change(2, 105, 1, None, "{}")],
+              Snapshot(110), complete=True, generation=G).positions(start),
+        Page([Change(1, 90, 1, None, "{}")], Snapshot(110), complete=True,
+             generation=G).end(start),
+    ]
+    assert [p.generation for p in stepped] == [G] * len(stepped)
+    assert all(Position.parse(p.cursor()) == p for p in stepped)
+
+
+def test_positions_of_two_generations_have_nothing_in_common():
+    old, new = Position(500, ((90, 95),)), Position(300, generation=G)
+    # The stream's position (the hub's, `other`) carries on; the other side is sent resync.
+    assert old.union(new) == new and new.union(old) == old
+    assert not new.includes(old) and not old.includes(new)
+    assert new.includes(Position(200, generation=G))
+
+
+def test_an_expired_page_starts_again_from_its_snapshot_in_its_generation():
+    """Whoever reads it is sent resync. Nothing of the old position is kept: it may name
+    xids the database has yet to hand out (a lost primary's), and covering them would skip
+    their changes when they come."""
+    lost = Position(5000, ((40, 41),), (4990, 3))  # of generation 0, past the database
+    page = Page([], Snapshot(300, (290,)), complete=True, expired=True, generation=G)
+    end = page.end(lost)
+    assert end == Position(generation=G).merge(Snapshot(300, (290,)))
+    assert end.generation == G and end.xmax == 300 and end.current is None
+    assert not end.finished(290) and not end.finished(300) and end.finished(289)
+
+
+@pytest.mark.parametrize("bad", ["p5@", "p5@0", "p5@01", "p5@A", "p5@g", "p5@-1", "p5@+1",
+                                 "p5@0x1", "p5@1_0", "p5@ 1", "p5@1@2", "p5@" + "f" * 17,
+                                 "p5@8000000000000000", "@1", "p@1", "p5;5.1@", "5:6@1"])
+def test_parse_refuses_a_generation_the_server_never_writes(bad):
+    with pytest.raises(CursorError):
+        Position.parse(bad)
+
+
 def test_too_many_pending_ranges_degrade_to_a_safe_cursor():
     p = Position(0)
     running = tuple(range(2, 2 * (MAX_PENDING + 10), 2))
@@ -137,8 +213,9 @@ def test_too_many_pending_ranges_degrade_to_a_safe_cursor():
     assert not resumed.finished(running[-1] + 1)
 
 
-def test_positions_stay_cheap_per_change():
-    p = Position(1)
+@pytest.mark.parametrize("generation", [0, G])
+def test_positions_stay_cheap_per_change(generation):
+    p = Position(1, generation=generation)
     started = time.perf_counter()
     for xid in range(2, 40_002, 2):
         p = p.after_change(xid, xid, Snapshot(xid, (1,)))
