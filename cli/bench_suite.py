@@ -44,6 +44,11 @@ def run_suite(args: argparse.Namespace, settings: config.Settings, url: str) -> 
     sizes = sizes_from_args(args)
     chosen = scenarios_from_args(args)
     out = _out_folder(args, settings)
+    problem = _unwritable(out)
+    if problem:  # before minutes of measuring, not after
+        print(f"server.py bench: error: cannot write the results to {out}: {problem}",
+              file=sys.stderr)
+        return 2
     results = Results(command_line(), asdict(sizes), chosen)
     results.machine = machine_info(url, "DATABASE_URL" if settings.database_url else "embedded")
     print(f"orderstream bench{' --smoke' if args.smoke else ''}: {', '.join(chosen)}; "
@@ -70,12 +75,28 @@ def run_suite(args: argparse.Namespace, settings: config.Settings, url: str) -> 
                 _run(bench, name, UNSERVED[name])
     print()
     print(table(results))
-    for line in write(results, out):
-        print(line)
+    try:
+        for line in write(results, out):
+            print(line)
+    except OSError as exc:  # the folder went away, or the disk filled, while we measured
+        print(f"server.py bench: error: cannot write the results to {out}: {exc}",
+              file=sys.stderr)
+        return 2
     print(f"results in {out}")
     lost = any(not step["exactly_once"]
                for step in results.scenarios.get("workers", {}).get("setups", []))
     return 1 if results.errors or lost else 0
+
+
+def _unwritable(folder: Path) -> str | None:
+    """Why results cannot go into `folder` (made if missing), or None if they can."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
 
 
 def _out_folder(args: argparse.Namespace, settings: config.Settings) -> Path:

@@ -143,3 +143,18 @@ def test_an_unknown_scenario_is_refused_with_the_known_ones(capsys: pytest.Captu
     assert exited.value.code == 2
     err = capsys.readouterr().err
     assert "unknown scenario 'fanuot'" in err and ",".join(SCENARIOS).replace(",", ", ") in err
+
+
+def test_a_results_folder_that_cannot_be_written_is_refused_before_measuring(
+        server_url: str, tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with own_database(server_url, "bench_unwritable") as url:
+        result = subprocess.run(
+            [sys.executable, "server.py", "bench", "--smoke", "--out", str(blocker / "results")],
+            cwd=ROOT, env={**os.environ, "DATABASE_URL": url, "ORDERSTREAM_LOG_LEVEL": "warning"},
+            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.strip() == (f"server.py bench: error: cannot write the results to"
+                                      f" {blocker / 'results'}: Not a directory")
+    assert "Traceback" not in result.stderr and "orderstream bench" not in result.stdout
