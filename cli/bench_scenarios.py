@@ -242,10 +242,11 @@ def _bulk(bench: Bench) -> None:
     with psycopg.connect(bench.url, autocommit=True) as db:
         for state, vacuum, label in (("dead_rows", False, "the last round's dead rows"),
                                      ("vacuumed", True, "each table just vacuumed")):
-            seconds = bench_fanout._bulk_update_seconds(db, bench.owners[0][0], rows,
-                                                        bench.sizes.rounds, vacuum)
+            seconds, checkpoints = bench_fanout._bulk_update_seconds(
+                db, bench.owners[0][0], rows, bench.sizes.rounds, vacuum)
             ours, plain = (sorted(v)[len(v) // 2] for v in seconds.values())
-            record[state] = {"seconds": seconds, "ratio": ours / plain}
+            record[state] = {"seconds": seconds, "ratio": ours / plain,
+                             "checkpoints": checkpoints}
             bench.results.figure("bulk", f"{rows:,}-row UPDATE, ours / none, {label}",
                                  f"{ours:.3f} / {plain:.3f} s = {ours / plain:.2f}x",
                                  "<= 2.5x", ours / plain <= 2.5)

@@ -76,12 +76,15 @@ def run_suite(args: argparse.Namespace, settings: config.Settings, url: str) -> 
     print()
     print(table(results))
     try:
-        for line in write(results, out):
-            print(line)
+        lines = write(results, out)
     except OSError as exc:  # the folder went away, or the disk filled, while we measured
-        print(f"server.py bench: error: cannot write the results to {out}: {exc}",
-              file=sys.stderr)
-        return 2
+        fallback = Path(tempfile.mkdtemp(prefix="orderstream-bench-"))
+        print(f"server.py bench: error: cannot write the results to {out}: {exc};"
+              f" writing them to {fallback} instead", file=sys.stderr)
+        out = fallback
+        lines = write(results, out)
+    for line in lines:
+        print(line)
     print(f"results in {out}")
     lost = any(not step["exactly_once"]
                for step in results.scenarios.get("workers", {}).get("setups", []))

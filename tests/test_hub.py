@@ -175,6 +175,35 @@ async def test_a_cursor_the_log_no_longer_covers_gets_resync_then_live():
         assert [f["seq"] for f in queued(sub)] == [1]
 
 
+async def test_an_ahead_subscriber_gets_every_event_after_a_resync_for_a_lost_log():
+    """A session whose read saw transactions the listener never published (the primary was
+    lost first) is ahead of the hub. After the loss, the new primary hands those xids out
+    again: once told to resync, the session must get them, not skip them as seen."""
+    hub, _, stream = make()
+    async with hub.subscriber(1, False) as sub:
+        hub.subscribe_orders(sub, 1)
+        stream.change(1)
+        queued(sub)
+        sub.mode, sub.position = Mode.AHEAD, Position(stream.xid + 100)
+        hub.resync_all(ResyncReason.EXPIRED)
+        assert queued(sub) == [{"type": "resync", "reason": "cursor expired"}]
+        hub.advance(Position(generation=7).merge(Snapshot(stream.xid)))
+        stream.change(1)  # an xid below the old position's xmax
+        assert [f["seq"] for f in queued(sub)] == [2]
+        assert sub.mode is Mode.CURRENT
+
+
+async def test_an_ahead_subscriber_of_another_generation_skips_nothing():
+    hub, _, stream = make()
+    async with hub.subscriber(1, False) as sub:
+        hub.subscribe_orders(sub, 1)
+        hub.advance(Position(generation=7).merge(Snapshot(stream.xid)))
+        sub.mode, sub.position = Mode.AHEAD, Position(stream.xid + 100, generation=3)
+        stream.change(1)
+        assert [f["seq"] for f in queued(sub)] == [1]
+        assert sub.mode is Mode.CURRENT
+
+
 def test_resync_reasons_are_a_fixed_set():
     assert {"orders truncated", "cursor expired", "forged notification"} == RESYNC_REASONS
     assert {v for k, v in vars(ResyncReason).items() if k.isupper()} == RESYNC_REASONS

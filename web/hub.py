@@ -177,18 +177,23 @@ class Hub:
             sub.hold(change.xid, change.seq, frame)
             return
         assert sub.position is not None  # AHEAD
-        if sub.position.covers(change.xid, change.seq):
+        if sub.position.generation != self.position.generation:
+            # Its position names xids of a lost change log (resync_all told it so): they
+            # cover nothing of this one, whatever their numbers.
+            sub.mode, sub.position = Mode.CURRENT, None
+        elif sub.position.covers(change.xid, change.seq):
             if self.position.includes(sub.position):
                 sub.mode, sub.position = Mode.CURRENT, None
             return
         if not sub.queue.fits(frame):
-            self._fall_behind(sub, sub.position.union(before))
+            self._fall_behind(sub, before if sub.position is None else
+                              sub.position.union(before))
             return
         if sub.batch:
             sub.queue.put(frame, event=True)
         else:
             sub.queue.offer(frame)
-        if self.position.includes(sub.position):
+        if sub.position is not None and self.position.includes(sub.position):
             sub.mode, sub.position = Mode.CURRENT, None
 
     def _fall_behind(self, sub: Subscriber, position: Position) -> None:
@@ -218,6 +223,10 @@ class Hub:
                 if sub.mode is Mode.BEHIND:
                     sub.held = None  # its next read finds the log expired, and says so
                     continue
+                if sub.mode is Mode.AHEAD:
+                    # It reloads: from here on it needs every event, including any its
+                    # position claims (after a lost log, those xids name other changes).
+                    sub.mode, sub.position = Mode.CURRENT, None
                 self.counters.resyncs_sent += 1
                 sub.reply(frame)
 
