@@ -108,7 +108,10 @@ def _parser() -> argparse.ArgumentParser:
     given.add_argument("--password-stdin", action="store_true",
                        help="read the password from the first line of stdin")
     p = command("token", "print a new API token for a user (only the token)")
-    p.add_argument("name", help="the username")
+    p.add_argument("name", metavar="USERNAME", help="whose token it is")
+    p.add_argument("--name", dest="token_name", metavar="LABEL", default="",
+                   help="the token's name, as GET /api/tokens and the tokens page show it"
+                        " (1-100 characters)")
     command("demo", "create demo users (passwords printed) and orders")
     p = command("simulate", "write orders and quotes at --rate changes/s until Ctrl-C")
     p.add_argument("--rate", type=_positive(float), default=10.0,
@@ -253,7 +256,7 @@ def _run(command: str, args: argparse.Namespace, settings: config.Settings, url:
     if command == "token":
         from cli.users import UserError, create_token
         try:
-            print(create_token(url, args.name))
+            print(create_token(url, args.name, args.token_name))
         except UserError as exc:
             return _fail(str(exc))
         return 0

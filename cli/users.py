@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import secrets
-
 import psycopg
 
 from db.queries import token_hash
+from db.tokens import name_problem, new_secret
 from web.passwords import Passwords
 
 
@@ -43,14 +42,19 @@ def create_user(url: str, passwords: Passwords, username: str, password: str,
     return int(row[0])
 
 
-def create_token(url: str, username: str) -> str:
-    """A new API token for `username`; only its hash is stored."""
-    token = secrets.token_urlsafe(32)
+def create_token(url: str, username: str, name: str = "") -> str:
+    """A new API token for `username`, named `name` (as GET /api/tokens shows it; the API's
+    rule, db/tokens.py); only its hash is stored."""
+    if name:
+        problem = name_problem(name)
+        if problem:
+            raise UserError(f"invalid token name {name!r}: {problem}")
+    token = new_secret()
     with psycopg.connect(url) as conn:
         row = conn.execute(
-            "INSERT INTO api_tokens (user_id, token_hash)"
-            " SELECT id, %s FROM users WHERE username = %s RETURNING id",
-            (token_hash(token), username),
+            "INSERT INTO api_tokens (user_id, token_hash, name)"
+            " SELECT id, %s, %s FROM users WHERE username = %s RETURNING id",
+            (token_hash(token), name.strip(), username),
         ).fetchone()
     if row is None:
         raise UserError(f"no user {username!r}")

@@ -54,8 +54,27 @@ def test_createuser_staff_and_bad_input(db_url):
     assert bad.returncode == 2 and "invalid username" in bad.stderr
     missing = cli(db_url, "token", "nobody-by-that-name")
     assert missing.returncode == 2 and "no user" in missing.stderr
-    for result in (short, bad, missing):
+    badname = cli(db_url, "token", name, "--name", "tab\there")
+    assert badname.returncode == 2, badname.stderr
+    assert "invalid token name 'tab\\there': must not contain control characters" in badname.stderr
+    blank = cli(db_url, "token", name, "--name", "   ")
+    assert blank.returncode == 2 and "must be a string of 1-100 characters" in blank.stderr
+    for result in (short, bad, missing, badname, blank):
         assert "Traceback" not in result.stderr
+    with psycopg.connect(db_url) as conn:  # nothing stored for the refused ones
+        assert conn.execute("SELECT count(*) FROM api_tokens t JOIN users u ON u.id = t.user_id"
+                            " WHERE u.username = %s", (name,)).fetchone() == (0,)
+
+
+def test_a_token_gets_the_name_it_is_given(db_url, server):
+    name = f"clinamed_{os.getpid()}"
+    assert cli(db_url, "createuser", name, "--password", "long-enough-4").returncode == 0
+    token = cli(db_url, "token", name, "--name", "  nightly report  ")
+    assert token.returncode == 0, token.stderr
+    listed = httpx.get(server.base_url + "/api/tokens",
+                       headers={"Authorization": f"Bearer {token.stdout.strip()}"})
+    assert listed.status_code == 200
+    assert [t["name"] for t in listed.json()["items"]] == ["nightly report"]
 
 
 def test_migrate_is_idempotent_and_safe_to_race(db_url):

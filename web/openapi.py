@@ -9,6 +9,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from db.queries import SORT_COLUMNS
+from db.tokens import MAX_NAME as MAX_TOKEN_NAME
 from web.order_input import (
     DECIMAL_TEXT,
     MAX_INSTRUMENT,
@@ -17,7 +18,6 @@ from web.order_input import (
     SIDES,
     STATUSES,
 )
-from web.tokens_api import MAX_NAME as MAX_TOKEN_NAME
 
 _DECIMAL = {"type": "string", "pattern": r"^-?\d+(\.\d+)?$", "examples": ["101.25"]}
 _SORT_KEY = "[-+]?(" + "|".join(SORT_COLUMNS) + ")"

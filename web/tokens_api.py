@@ -6,7 +6,6 @@ all of its user's rights, so letting it make or revoke that user's tokens adds n
 
 from __future__ import annotations
 
-import re
 from datetime import datetime
 from typing import Any
 
@@ -19,9 +18,6 @@ from web.connections import reading, writing
 from web.errors import ApiError
 from web.guard import api_user, path_id
 from web.order_input import json_object
-
-MAX_NAME = 100
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def _time(value: datetime | None) -> str | None:
@@ -37,15 +33,9 @@ def token_json(row: dict[str, Any]) -> dict[str, Any]:
 def _name(data: dict[str, Any]) -> str:
     problems = {key: "unknown field" for key in data if key != "name"}
     name = data.get("name")
-    if not isinstance(name, str) or not name.strip() or len(name) > MAX_NAME:
-        problems["name"] = f"must be a string of 1-{MAX_NAME} characters, not only spaces"
-    elif _CONTROL.search(name):
-        problems["name"] = "must not contain control characters"
-    else:
-        try:
-            name.encode("utf-8")
-        except UnicodeEncodeError:  # a lone surrogate from a JSON "\ud800" escape
-            problems["name"] = "must be valid Unicode text"
+    problem = tokens.name_problem(name)
+    if problem:
+        problems["name"] = problem
     if problems:
         raise ApiError(422, "invalid", "the token is not valid", problems)
     assert isinstance(name, str)
