@@ -120,6 +120,56 @@ async def test_sql_insert_appears_and_sql_delete_disappears(
     assert await page.get_attribute("#table-info", "data-total") == "1"
 
 
+def filtered_page(conn: psycopg.Connection, owner_id: int, status: str,
+                  side: str | None = None) -> list[dict[str, Any]]:
+    """The owner's orders of a status (and side), newest first, shaped like db_page."""
+    return [row for row in db_page(conn, owner_id, limit=1000)
+            if row["status"] == status and (side is None or row["side"] == side)][:25]
+
+
+async def test_status_and_side_filters_narrow_the_list_and_the_stream(
+        browser, server, make_user, sql, contexts):
+    me = make_user()
+    ids = [insert_order(sql, me.id, name, "1", "10") for name in ("NEWBUY", "DONE", "NEWSELL")]
+    sql.execute("UPDATE orders SET status = 'filled' WHERE id = %s", (ids[1],))
+    sql.execute("UPDATE orders SET side = 'sell' WHERE id = %s", (ids[2],))
+    context, page = await open_live_page(browser, server, me, "/?status=new")
+    contexts.append(context)
+    await wait_table_is(page, filtered_page(sql, me.id, "new"))
+    assert [row["id"] for row in await shown_rows(page)] == [ids[2], ids[0]]
+    assert await page.input_value("#filter-status") == "new"
+    assert await page.get_attribute("#table-info", "data-filtered") == "2"
+    assert await page.get_attribute("#table-info", "data-total") == "3"
+
+    await page.select_option("#filter-side", "sell")
+    await wait_table_is(page, filtered_page(sql, me.id, "new", "sell"))
+    assert re.search(r"[?&]status=new(&|$)", page.url) and re.search(r"[?&]side=sell(&|$)",
+                                                                       page.url)
+
+    # Live, through plain SQL: a matching insert appears, another does not, and an order
+    # that stops matching (filled) leaves the view.
+    sql.execute("UPDATE orders SET status = 'new' WHERE id = %s", (ids[1],))  # a buy: not shown
+    added = sql.execute("INSERT INTO orders (owner_id, instrument, side, quantity, price)"
+                        " VALUES (%s, 'LIVESELL', 'sell', 2, 20) RETURNING id",
+                        (me.id,)).fetchone()[0]
+    await wait_row(page, added, "cell('instrument').dataset.value === 'LIVESELL'")
+    sql.execute("UPDATE orders SET status = 'filled' WHERE id = %s", (ids[2],))
+    await page.wait_for_selector(f"#orders tr[data-id='{ids[2]}']", state="detached",
+                                 timeout=2000)
+    await wait_table_is(page, filtered_page(sql, me.id, "new", "sell"))
+    assert [row["id"] for row in await shown_rows(page)] == [added]
+
+    # A reload keeps the filters; "All" lifts them.
+    await page.reload()
+    await wait_live(page)
+    assert await page.input_value("#filter-side") == "sell"
+    await wait_table_is(page, filtered_page(sql, me.id, "new", "sell"))
+    await page.select_option("#filter-status", "")
+    await page.select_option("#filter-side", "")
+    await wait_table_is(page, db_page(sql, me.id))
+    assert "status=" not in page.url and "side=" not in page.url
+
+
 async def test_realtime_toggle(browser, server, make_user, sql, contexts):
     me = make_user()
     order_id = insert_order(sql, me.id, "ACME", "10", "100")

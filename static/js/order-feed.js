@@ -6,7 +6,7 @@
 // version v hides the order's events and page rows at or below v, and a higher version brings it back.
 
 import { listOrders } from './api.js';
-import { comparator, matchesSearch } from './order-query.js';
+import { comparator, isNarrowed, matchesFilters, matchesQuery } from './order-query.js';
 import { VersionBook } from './version-book.js';
 
 const MAX_BUFFER = 5000; // events buffered while loading; past this, reload instead
@@ -15,7 +15,7 @@ const REFILL_AFTER_MS = 700; // debounce for refilling a page that deletes made 
 
 export class OrderFeed extends EventTarget {
   /**
-   * table: OrdersTable; socket: LiveSocket; query: {limit, offset, sort, q, owner};
+   * table: OrdersTable; socket: LiveSocket; query: {limit, offset, sort, q, status, side, owner};
    * subscription(): the subscribe frame to send; accepts(order): may this order be on this view
    * (owner filter); it guards against events of an old subscription still in flight.
    * Events: 'info' (counts changed), 'hint' (new-orders count), 'loaded', 'order-event' (detail: {frame, receivedAt}),
@@ -222,13 +222,13 @@ export class OrderFeed extends EventTarget {
         this.total -= 1;
         this.filtered -= 1;
         if (this.query.offset + this.table.size < this.filtered) this.scheduleRefill();
-      } else if (!this.query.q) {
+      } else if (!isNarrowed(this.query)) {
         this.total -= 1;
         this.filtered -= 1;
         // If it was on an earlier page, this page's rows moved up by one: fetch it again.
         if (this.query.offset > 0) this.scheduleRefill();
       } else {
-        this.scheduleRefill(); // it may or may not have matched the search: let the server count
+        this.scheduleRefill(); // it may or may not have matched the search or filters: let the server count
       }
       this.emitInfo();
       this.dispatchEvent(new CustomEvent('applied', { detail: { op: 'delete', order } }));
@@ -240,11 +240,21 @@ export class OrderFeed extends EventTarget {
     if (!this.book.record(order, shownVersion)) return; // stale, duplicate, or hidden by a tombstone
     const added = frame.op === 'insert' || revived;
 
+    if (shown && !matchesFilters(order, this.query)) {
+      // Filled while the list shows only new orders, say: it leaves this view as the server's
+      // next page would leave it out. (A search keeps a row it stops matching until a reload.)
+      this.table.remove(id);
+      this.filtered -= 1;
+      if (this.query.offset + this.table.size < this.filtered) this.scheduleRefill();
+      this.emitInfo();
+      this.dispatchEvent(new CustomEvent('applied', { detail: { op: 'update', order } }));
+      return;
+    }
     if (this.table.patch(order)) {
       this.dispatchEvent(new CustomEvent('applied', { detail: { op: 'update', order } }));
       return;
     }
-    if (!matchesSearch(order, this.query.q)) {
+    if (!matchesQuery(order, this.query)) {
       if (added) this.total += 1;
       this.emitInfo();
       return;

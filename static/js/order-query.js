@@ -2,6 +2,12 @@
 
 import { compare as compareDecimal } from './decimal.js';
 
+// The list's exact-match filters (GET /api/orders?status=&side=), with the values the schema allows.
+export const FILTERS = {
+  status: ['new', 'partially_filled', 'filled', 'cancelled', 'rejected'],
+  side: ['buy', 'sell'],
+};
+
 export const SORTABLE = [
   'id', 'owner', 'instrument', 'side', 'quantity', 'price', 'status', 'version', 'created_at', 'updated_at',
 ];
@@ -53,4 +59,19 @@ export function matchesSearch(order, q) {
   const hay = [order.instrument, order.side, order.status, order.owner, order.id, order.quantity, order.price]
     .map((v) => String(v ?? '').toLowerCase());
   return words.every((w) => hay.some((v) => v.includes(w)));
+}
+
+/** Does the order pass the query's status and side filters (exact values)? */
+export function matchesFilters(order, query) {
+  return Object.keys(FILTERS).every((key) => !query[key] || order[key] === query[key]);
+}
+
+/** Does the order belong in the list under this query: the filters and the search box? */
+export function matchesQuery(order, query) {
+  return matchesFilters(order, query) && matchesSearch(order, query.q);
+}
+
+/** Does the query narrow the list at all (search or a filter)? */
+export function isNarrowed(query) {
+  return Boolean(query.q) || Object.keys(FILTERS).some((key) => Boolean(query[key]));
 }

@@ -1,6 +1,6 @@
-// Search box, page size, pager, "Showing a–b of n" line and the new-orders hint, bound to an OrderFeed.
+// Search box, status and side filters, page size, pager, "Showing a–b of n" line and the new-orders hint, bound to an OrderFeed.
 
-import { sortParam, parseSort } from './order-query.js';
+import { FILTERS, sortParam, parseSort } from './order-query.js';
 
 const SEARCH_DEBOUNCE_MS = 250;
 const PAGE_SIZES = [10, 25, 50, 100, 250];
@@ -8,7 +8,7 @@ const DESC_FIRST = new Set(['id', 'version', 'created_at', 'updated_at', 'quanti
 
 const $ = (id) => document.getElementById(id);
 
-/** Read the view from the page URL (?q=&sort=&size=&page=), so a reload keeps it. */
+/** Read the view from the page URL (?q=&status=&side=&sort=&size=&page=), so a reload keeps it. */
 export function queryFromUrl(defaults) {
   const params = new URLSearchParams(location.search);
   const limit = Number(params.get('size'));
@@ -17,6 +17,9 @@ export function queryFromUrl(defaults) {
   if (PAGE_SIZES.includes(limit)) query.limit = limit;
   if (Number.isInteger(page) && page > 1) query.offset = (page - 1) * query.limit;
   if (params.get('q')) query.q = params.get('q');
+  for (const [key, values] of Object.entries(FILTERS)) {
+    if (values.includes(params.get(key))) query[key] = params.get(key);
+  }
   if (params.get('sort') && parseSort(params.get('sort')).length) query.sort = params.get('sort');
   if (params.get('owner')) query.owner = params.get('owner');
   return query;
@@ -25,6 +28,9 @@ export function queryFromUrl(defaults) {
 function writeUrl(query, defaults) {
   const params = new URLSearchParams();
   if (query.q) params.set('q', query.q);
+  for (const key of Object.keys(FILTERS)) {
+    if (query[key]) params.set(key, query[key]);
+  }
   if (query.sort !== defaults.sort) params.set('sort', query.sort);
   if (query.limit !== defaults.limit) params.set('size', query.limit);
   if (query.offset) params.set('page', Math.floor(query.offset / query.limit) + 1);
@@ -56,6 +62,13 @@ export function bindTableControls(feed, defaults) {
     });
     search.addEventListener('keydown', (ev) => { if (ev.key === 'Enter') { ev.preventDefault(); apply(); } });
     search.addEventListener('search', apply); // the clear (x) button
+  }
+
+  for (const key of Object.keys(FILTERS)) {
+    const select = $(`filter-${key}`);
+    if (!select) continue;
+    select.value = feed.query[key] || '';
+    select.addEventListener('change', () => feed.setQuery({ [key]: select.value, offset: 0 }));
   }
 
   if (pageSize) {
