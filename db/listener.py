@@ -94,6 +94,9 @@ class Listener:
         # A RELOOK is queued and its catch-up has not begun: one is enough.
         self._relook_queued = False
         self._notifications.on_arrival = self._on_arrival
+        # Set while a read of the change log after a gap keeps failing (a revoked grant, a
+        # broken schema): events are heard but cannot be delivered, and /healthz says so.
+        self.catch_up_failure: str | None = None
 
     @property
     def position(self) -> Position:
@@ -395,10 +398,12 @@ class Listener:
             except DB_ERRORS as exc:
                 log.warning("catch-up after %s failed (%s); retrying in %.2fs", reason, exc,
                             retry)
+                self.catch_up_failure = f"{type(exc).__name__}: {exc}"
                 await asyncio.sleep(retry)
                 retry = min(retry * 2, RETRY_CAP)
                 continue
             retry = RETRY_FIRST
+            self.catch_up_failure = None
             if page.rights is not None:
                 self._sink.apply_rights(who, page.rights)
             if page.expired:

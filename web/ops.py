@@ -19,12 +19,17 @@ async def healthz(request: Request) -> Response:
         database = True
     except Exception:  # whatever the failure, the answer is "not reachable"
         database = False
-    listening = listener.listening.is_set()
+    # Hearing events is not enough: after a gap they wait on a read of the change log, and
+    # while that read keeps failing (the details are in the log, not here) none is delivered.
+    log_readable = listener.catch_up_failure is None
+    listening = listener.listening.is_set() and log_readable
     body: dict[str, object] = {"status": "ok", "database": database, "listener": listening}
     if database and listening:
         return JSONResponse(body)
     # The one error shape too, so a client that reads only `error` understands it.
-    why = "the database is unreachable" if not database else "not receiving database events"
+    why = ("the database is unreachable" if not database
+           else "not receiving database events" if log_readable
+           else "cannot read the change log, so events wait")
     body.update(status="unhealthy", **error_body("unavailable", f"{why}; retry shortly"))
     return JSONResponse(body, status_code=503, headers=RETRY_AFTER)
 
