@@ -167,6 +167,20 @@ def spawn_clients(main: Callable[[Connection, list[Target]], None], targets: lis
     return clients
 
 
+def gather(clients: list[tuple[multiprocessing.process.BaseProcess, Connection]],
+           committed: dict[int, int], timeout: float = 10.0) -> tuple[int, list[float]]:
+    """Tell every client what each owner committed (it waits for those events, `timeout`
+    seconds at most); the frames they received and the latencies, over all of them."""
+    for _, pipe in clients:
+        pipe.send((committed, timeout))
+    received, latencies = 0, []
+    for _, pipe in clients:
+        count, values = pipe.recv()
+        received += count
+        latencies.extend(values)
+    return received, latencies
+
+
 def _run_rate(db: psycopg.Connection, build: Build, rate: int, seconds: float,
               targets: list[Target] | None = None, processes: int = CLIENT_PROCESSES,
               interval: float = BATCH_INTERVAL) -> Result:
@@ -175,10 +189,7 @@ def _run_rate(db: psycopg.Connection, build: Build, rate: int, seconds: float,
     targets = build.targets if targets is None else targets
     sockets_per_owner = len(targets) // len(build.rows)
     clients = spawn_clients(_client_main, targets, processes)
-    failures = 0
-    for _, pipe in clients:
-        _, failed = pipe.recv()
-        failures += failed
+    failures = sum(pipe.recv()[1] for _, pipe in clients)
     # Events per batch: each event reaches the owner's sockets.
     per_batch = max(1, round(rate / sockets_per_owner * interval))
     owners = sorted(build.rows)
@@ -198,13 +209,8 @@ def _run_rate(db: psycopg.Connection, build: Build, rate: int, seconds: float,
         pause = started + (batch + 1) * interval - time.perf_counter()
         if pause > 0:
             time.sleep(pause)
-    for _, pipe in clients:
-        pipe.send((committed, 10.0))
-    received, latencies = 0, []
-    for process, pipe in clients:
-        count, values = pipe.recv()
-        received += count
-        latencies.extend(values)
+    received, latencies = gather(clients, committed)
+    for process, _ in clients:
         process.join(10)
     cpu = _cpu_seconds(server) - cpu_before
     expected = sum(committed.values()) * sockets_per_owner

@@ -32,6 +32,7 @@ from cli.bench_fanout import (
     Result,
     Target,
     _cpu_seconds,
+    gather,
     spawn_clients,
 )
 from web.frames import event_ts
@@ -200,13 +201,7 @@ def run_sessions(db: psycopg.Connection, build: Build, targets: list[Target],
         pause = started + (update + 1) * interval - time.perf_counter()
         if pause > 0:
             time.sleep(pause)
-    for _, pipe in clients:
-        pipe.send((committed, 10.0))
-    received, latencies = 0, []
-    for _, pipe in clients:
-        count, values = pipe.recv()
-        received += count
-        latencies.extend(values)
+    received, latencies = gather(clients, committed)
     cpu = _cpu_seconds(server) - cpu_before
     rss = server.memory_info().rss
     for process, pipe in clients:

@@ -115,9 +115,6 @@ class ChangeLog:
             raise RuntimeError("the change log is not open")
         return self._pool
 
-    async def snapshot(self) -> Snapshot:
-        return Snapshot.parse(await self.pool.fetchval("SELECT pg_current_snapshot()::text"))
-
     async def state(self) -> LogState:
         row = await self.pool.fetchrow(_STATE)
         return LogState(Snapshot.parse(row["snapshot"]), row["generation"], row["alive"])

@@ -262,6 +262,18 @@ def _csrf_from(html: str) -> str:
     return html[start:html.index('"', start)]
 
 
+# The server processes' LISTEN connections on the current database (each names itself).
+TERMINATE_LISTENERS = ("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                       " WHERE application_name = 'orderstream-listener'"
+                       " AND datname = current_database()")
+
+
+def terminate_listeners(sql: psycopg.Connection) -> int:
+    """Kill every server's LISTEN connection on `sql`'s database, as a crash or a network
+    cut would; how many there were."""
+    return len(sql.execute(TERMINATE_LISTENERS).fetchall())
+
+
 @contextlib.contextmanager
 def running_server(db_url: str, data_dir: Path, **env: str) -> Iterator[ServerProcess]:
     """A server of its own with extra ORDERSTREAM_* settings, stopped however the block ends."""

@@ -8,18 +8,31 @@ cursor of another generation gets `resync`, whatever its xids.
 
 A loss here is what a crash leaves: the log and its sentinel emptied (as superuser) and the
 server's connections dropped (its listener's; `hang_up=False` keeps them, for the server's
-own check), on a database of this module's own, since it expires every cursor in it."""
+own check), on a database of this module's own, since it expires every cursor in it.
+
+Last, a log that cannot be read at all (renamed away: what a revoked grant or a broken
+schema does): events are heard but wait, and /healthz says so until the read succeeds."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Iterator
 
+import httpx
 import psycopg
 import pytest
 
 from db.changelog import ChangeLog
 from db.position import Position
-from tests.conftest import ServerProcess, User, insert_order, open_socket
+from tests.conftest import (
+    ServerProcess,
+    User,
+    insert_order,
+    open_socket,
+    running_server,
+    terminate_listeners,
+)
 from tests.support.database import new_user, own_database
 
 
@@ -31,10 +44,8 @@ def url(server_url: str) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def gen_server(url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    proc = ServerProcess(url, tmp_path_factory.mktemp("generation"))
-    proc.start()
-    yield proc
-    proc.stop()
+    with running_server(url, tmp_path_factory.mktemp("generation")) as proc:
+        yield proc
 
 
 @pytest.fixture
@@ -55,9 +66,7 @@ def empty_the_log(sql: psycopg.Connection, hang_up: bool) -> None:
     sql.execute("DELETE FROM order_changes_alive")
     sql.execute("TRUNCATE order_changes")
     if hang_up:
-        sql.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                    " WHERE application_name = 'orderstream-listener'"
-                    " AND datname = current_database()")
+        terminate_listeners(sql)
 
 
 async def lose_the_log(server: ServerProcess, sql: psycopg.Connection, user: User,
@@ -223,3 +232,51 @@ async def test_reads_expire_every_position_of_another_generation(server_url: str
             assert (await log.read(restarted)).expired
         finally:
             await log.close()
+
+
+# -- a log that cannot be read ----------------------------------------------------------
+
+
+async def health_until(http: httpx.AsyncClient, status: int, says: str = "",
+                       timeout: float = 15.0) -> httpx.Response:
+    """Until /healthz answers `status` with `says` in its body (the reconnect itself is a
+    503 of its own first)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        response = await http.get("/healthz")
+        if response.status_code == status and says in response.text:
+            return response
+        assert time.monotonic() < deadline, (response.status_code, response.text)
+        await asyncio.sleep(0.05)
+
+
+async def test_healthz_is_503_while_the_change_log_cannot_be_read(
+        gen_server: ServerProcess, sql: psycopg.Connection, url: str) -> None:
+    user = new_user(url)
+    async with httpx.AsyncClient(base_url=gen_server.base_url, timeout=10) as http, \
+            open_socket(gen_server, user) as ws:
+        await ws.subscribe_orders()
+        assert (await http.get("/healthz")).status_code == 200
+        before = insert_order(sql, user.id, "BEFORE")
+        assert (await ws.recv_type("order"))["order"]["id"] == before
+
+        sql.execute("ALTER TABLE order_changes RENAME TO order_changes_away")
+        try:
+            # A gap: the listener reconnects, LISTENs again, and must read the log.
+            terminate_listeners(sql)
+            refused = await health_until(http, 503, "cannot read the change log")
+            body = refused.json()
+            assert body["status"] == "unhealthy" and body["listener"] is False, body
+            assert body["database"] is True, body
+            assert body["error"]["code"] == "unavailable", body
+            assert "cannot read the change log" in body["error"]["message"], body
+            assert "order_changes" not in refused.text  # the details go to the log only
+            assert refused.headers.get("retry-after")
+        finally:
+            sql.execute("ALTER TABLE order_changes_away RENAME TO order_changes")
+
+        healthy = await health_until(http, 200)
+        assert healthy.json() == {"status": "ok", "database": True, "listener": True}
+        after = insert_order(sql, user.id, "AFTER")
+        got = await ws.recv_type("order", timeout=10)
+        assert got["order"]["id"] == after

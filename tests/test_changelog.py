@@ -10,7 +10,6 @@ import psycopg
 import websockets
 
 from db.changelog import ChangeLog
-from db.position import Position
 from tests.conftest import insert_order, open_socket
 
 MULTIBYTE_NOTE = "é" * 2000  # 4000 bytes in UTF-8, 2000 characters in Python
@@ -24,7 +23,7 @@ async def test_a_byte_bounded_page_of_multibyte_rows_is_not_complete(db_url, mak
     log = ChangeLog(db_url)
     await log.open()
     try:
-        start = Position().merge(await log.snapshot())
+        start = (await log.state()).start()
         sql.execute("INSERT INTO orders (owner_id, instrument, quantity, price, note)"
                     " SELECT %s, 'UTF', 1, g, %s FROM generate_series(1, 10) g",
                     (alice.id, MULTIBYTE_NOTE))

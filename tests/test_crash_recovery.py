@@ -14,7 +14,7 @@ import pytest
 
 from db.embedded import EmbeddedPostgres
 from db.position import Position
-from tests.conftest import ServerProcess, User, insert_order, open_socket
+from tests.conftest import User, insert_order, open_socket, running_server
 from tests.support.database import new_user, own_postgres
 
 pytestmark = pytest.mark.slow
@@ -57,9 +57,7 @@ async def test_crash_with_no_server_running_expires_older_cursors(
         crash_postgres: tuple[EmbeddedPostgres, str], crash_user: User,
         tmp_path: Path) -> None:
     postgres, url = crash_postgres
-    server = ServerProcess(url, tmp_path)
-    server.start()
-    try:
+    with running_server(url, tmp_path) as server:
         async with open_socket(server, crash_user) as ws:
             await ws.subscribe_orders()
             write(url, crash_user, "SEEN")
@@ -69,8 +67,6 @@ async def test_crash_with_no_server_running_expires_older_cursors(
             row = conn.execute("SELECT max(seq) FROM order_changes").fetchone()
         assert row is not None
         missed_seq = row[0]
-    finally:
-        server.stop()
     assert log_state(url, missed_seq) == (True, True)
 
     postgres.crash()
@@ -81,8 +77,7 @@ async def test_crash_with_no_server_running_expires_older_cursors(
         assert conn.execute("SELECT count(*) FROM orders WHERE id = %s",
                             (missed,)).fetchone() == (1,)
 
-    server.start()  # its listener recovers the log on connecting
-    try:
+    with running_server(url, tmp_path) as server:  # its listener recovers the log on connecting
         assert log_state(url, missed_seq)[1], "the server did not put the sentinel back"
         async with open_socket(server, crash_user) as ws:
             await ws.subscribe_orders(after=seen["cursor"])
@@ -101,17 +96,13 @@ async def test_crash_with_no_server_running_expires_older_cursors(
             await ws.subscribe_orders(after=latest)
             assert (await ws.recv_type("order"))["order"]["id"] == gap
             await ws.assert_silent()
-    finally:
-        server.stop()
 
 
 async def test_crash_under_a_running_server_resyncs_live_sessions(
         crash_postgres: tuple[EmbeddedPostgres, str], crash_user: User,
         tmp_path: Path) -> None:
     postgres, url = crash_postgres
-    server = ServerProcess(url, tmp_path)
-    server.start()
-    try:
+    with running_server(url, tmp_path) as server:
         async with open_socket(server, crash_user) as live, \
                 open_socket(server, crash_user) as gone:
             await live.subscribe_orders()
@@ -142,5 +133,3 @@ async def test_crash_under_a_running_server_resyncs_live_sessions(
             await ws.subscribe_orders()
             fresh = write(url, crash_user, "FRESH")
             assert (await ws.recv_type("order"))["order"]["id"] == fresh
-    finally:
-        server.stop()

@@ -8,15 +8,7 @@ import time
 
 import httpx
 
-from tests.conftest import ServerProcess, insert_order, metrics, open_socket
-
-
-def terminate_listeners(sql) -> int:
-    rows = sql.execute(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-        " WHERE application_name = 'orderstream-listener' AND datname = current_database()"
-    ).fetchall()
-    return len(rows)
+from tests.conftest import ServerProcess, insert_order, metrics, open_socket, terminate_listeners
 
 
 async def metric(server: ServerProcess, name: str) -> float:

@@ -25,7 +25,7 @@ from urllib.parse import quote
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
-from tests.conftest import ServerProcess, insert_order, open_socket
+from tests.conftest import ServerProcess, insert_order, open_socket, terminate_listeners
 from tests.support.database import new_user, own_database
 
 
@@ -121,10 +121,7 @@ async def _copy(source: asyncio.StreamReader, sink: asyncio.StreamWriter,
 
 def terminate_listener(url: str) -> int:
     with psycopg.connect(url, autocommit=True) as conn:
-        return len(conn.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-            " WHERE application_name = 'orderstream-listener' AND datname = current_database()"
-        ).fetchall())
+        return terminate_listeners(conn)
 
 
 async def test_listener_recovers_when_the_close_comes_after_the_last_message(server_url,

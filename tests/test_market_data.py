@@ -12,7 +12,7 @@ import pytest
 
 from db.embedded import database_url
 from db.migrate import migration_files
-from tests.conftest import insert_order, open_socket
+from tests.conftest import insert_order, open_socket, terminate_listeners
 from tests.support.market import make_instrument, new_symbol, upsert_quote
 
 # -- schema -------------------------------------------------------------------------------
@@ -186,11 +186,7 @@ async def test_a_quote_written_while_the_listener_is_away_still_arrives(own_serv
         await ws.send({"op": "subscribe", "channel": "quotes", "instruments": [symbol]})
         await ws.recv_type("subscribed")
         assert (await ws.recv_type("quote"))["version"] == first
-        killed = sql.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-            " WHERE application_name = 'orderstream-listener' AND datname = current_database()"
-        ).fetchall()
-        assert killed
+        assert terminate_listeners(sql)
         during = upsert_quote(sql, symbol, "2.00", "2.10", "2.05")  # (probably) unheard
         quote = await ws.recv_type("quote", timeout=10)
         assert (quote["version"], quote["last"]) == (during, "2.05")

@@ -50,7 +50,7 @@ from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 from psycopg import sql as pgsql
 
-from tests.conftest import ServerProcess, Socket, User, metrics, open_socket
+from tests.conftest import TERMINATE_LISTENERS, ServerProcess, Socket, User, metrics, open_socket
 from tests.support.book import Book
 from tests.support.database import new_user, own_database
 
@@ -270,10 +270,7 @@ class History:
 
     async def event(self, e: tuple[Any, ...]) -> None:
         if e[0] == "gap":
-            killed = await (await self.admin.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                " WHERE application_name = 'orderstream-listener'"
-                " AND datname = current_database()")).fetchall()
+            killed = await (await self.admin.execute(TERMINATE_LISTENERS)).fetchall()
             if killed:
                 tally["listener gaps"] += 1
                 tally["listener gaps with a transaction open"] += self.open_xid

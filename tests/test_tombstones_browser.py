@@ -25,12 +25,12 @@ from tests.conftest import (
     metrics,
     open_live_page,
     shown_rows,
+    terminate_listeners,
     wait_live,
     wait_row,
     wait_table_is,
 )
 from tests.test_admin_browser import filter_by_owner
-from tests.test_listener_recovery import terminate_listeners
 
 pytestmark = pytest.mark.browser
 

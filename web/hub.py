@@ -179,21 +179,22 @@ class Hub:
         assert sub.position is not None  # AHEAD
         if sub.position.generation != self.position.generation:
             # Its position names xids of a lost change log (resync_all told it so): they
-            # cover nothing of this one, whatever their numbers.
+            # cover nothing of this one, whatever their numbers. Current from here.
             sub.mode, sub.position = Mode.CURRENT, None
-        elif sub.position.covers(change.xid, change.seq):
+            self._offer(sub, change, frame, before)
+            return
+        if sub.position.covers(change.xid, change.seq):
             if self.position.includes(sub.position):
                 sub.mode, sub.position = Mode.CURRENT, None
             return
         if not sub.queue.fits(frame):
-            self._fall_behind(sub, before if sub.position is None else
-                              sub.position.union(before))
+            self._fall_behind(sub, sub.position.union(before))
             return
         if sub.batch:
             sub.queue.put(frame, event=True)
         else:
             sub.queue.offer(frame)
-        if sub.position is not None and self.position.includes(sub.position):
+        if self.position.includes(sub.position):
             sub.mode, sub.position = Mode.CURRENT, None
 
     def _fall_behind(self, sub: Subscriber, position: Position) -> None:
