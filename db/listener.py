@@ -35,6 +35,8 @@ AUTH_CHANNEL = "auth"
 SIGNED_CHANNELS = frozenset({ORDERS_CHANNEL, QUOTES_CHANNEL})
 # The pump lets other tasks run after this many changes in a row.
 YIELD_EVERY = 32
+# A bulk statement's changes read from the log go to the hub this many at once (Hub.publish_page).
+PUBLISH_TOGETHER = 256
 # One read of the log: at most this many rows and bytes.
 PAGE_ROWS, PAGE_BYTES = 2000, 4 << 20
 # A failed log read is retried after this long, doubling up to the cap (seconds).
@@ -50,6 +52,9 @@ class Sink(Protocol):
     position: Position
 
     def publish(self, change: Change, position: Position) -> None: ...
+
+    def publish_page(self, changes: list[Change], cursors: list[str],
+                     position: Position) -> bool: ...
 
     def advance(self, position: Position) -> None: ...
 
@@ -357,17 +362,24 @@ class Listener:
                 changes, done = await page
                 if not done:
                     page = asyncio.ensure_future(read(changes[-1].seq))
-                for index, change in enumerate(changes):
+                for start in range(0, len(changes), PUBLISH_TOGETHER):
+                    chunk = changes[start:start + PUBLISH_TOGETHER]
                     # The statement's snapshot is merged once, with its first change.
-                    position = position.after_change(change.xid, change.seq,
-                                                     None if merged else snapshot)
+                    step = None if merged else snapshot
                     merged = True
-                    self._sink.publish(change, position)
-                    if index % YIELD_EVERY == YIELD_EVERY - 1:
-                        await asyncio.sleep(0)
+                    last, cursors = position.after_changes(xid, [c.seq for c in chunk], step)
+                    if self._sink.publish_page(chunk, cursors, last):
+                        position = last
+                    else:  # someone behind, short of room, or an order changing owner
+                        for index, change in enumerate(chunk):
+                            position = position.after_change(xid, change.seq, step)
+                            step = None
+                            self._sink.publish(change, position)
+                            if index % YIELD_EVERY == YIELD_EVERY - 1:
+                                await asyncio.sleep(0)
+                    await asyncio.sleep(0)
                 if done:
                     break
-                await asyncio.sleep(0)
         finally:
             if not page.done():
                 page.cancel()

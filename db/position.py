@@ -34,7 +34,7 @@ releases before generations, and those still parse, as generation 0).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 # A cursor names at most this many pending ranges; past it the position forgets everything
@@ -145,6 +145,21 @@ class Position:
         if snapshot is not None:
             position = position.merge(snapshot.seen_by(xid))
         return position._with_current((xid, seq))
+
+    def after_changes(self, xid: int, seqs: Sequence[int], snapshot: Snapshot | None = None
+                      ) -> tuple[Position, list[str]]:
+        """`after_change` for changes `seqs` (ascending, at least one) of transaction `xid`
+        in turn: the position after the last, and the cursor after each. Past the first,
+        each step moves only `current`, so every cursor is one text with its seq written
+        in (a page of a bulk statement: one Position, not one per change)."""
+        first = self.after_change(xid, seqs[0], snapshot)
+        head, _, rest = first.cursor().partition(";")
+        _, at, generation = rest.partition("@")
+        tail = at + generation
+        cursors = [f"{head};{xid}.{seq}{tail}" for seq in seqs]
+        if len(seqs) == 1:
+            return first, cursors
+        return Position(first.xmax, first.pending, (xid, seqs[-1]), first.generation), cursors
 
     def after_read(self, xid: int, seq: int, snapshot: Snapshot) -> Position:
         """The position once a log read in `snapshot`, going in (xid, seq) order, delivered

@@ -274,3 +274,83 @@ async def test_a_subscriber_that_never_reads_stays_within_its_budget():
             stream.change(1, note="x" * 500)
         await asyncio.sleep(0.01)
         assert s.queue.bytes <= 10_000 and s.mode is Mode.BEHIND
+
+
+def _bulk(xid: int, owners: list[int], first_seq: int = 1) -> list[Change]:
+    """One statement's changes, as the listener reads them from the log."""
+    return [Change(first_seq + i, xid, owner, None,
+                   json.dumps({"type": "order", "op": "update", "seq": first_seq + i,
+                               "order": {"id": i, "owner_id": owner, "version": 2}}))
+            for i, owner in enumerate(owners)]
+
+
+def _frames(sub) -> list[str]:
+    return [frame for frame, _ in sub.queue._frames]
+
+
+async def test_a_page_of_a_bulk_statement_queues_what_one_by_one_would():
+    owners = [1, 2, 1, 1, 3, 2]
+    queued_by: dict[str, dict[str, list[str]]] = {}
+    for way in ("one by one", "page"):
+        hub, _, _ = make()
+        async with hub.subscriber(1, False) as alice, hub.subscriber(2, False) as bob, \
+                hub.subscriber(9, True) as everyone, hub.subscriber(9, True) as watching_bob, \
+                hub.subscriber(4, False) as dave:
+            hub.subscribe_orders(alice, 1)
+            hub.subscribe_orders(bob, 2)
+            hub.subscribe_orders(everyone, ALL_OWNERS)
+            everyone.batch = True
+            hub.subscribe_orders(watching_bob, 2)
+            hub.subscribe_orders(dave, 4)
+            changes = _bulk(700, owners)
+            last, cursors = hub.position.after_changes(700, [c.seq for c in changes],
+                                                       Snapshot(700))
+            if way == "page":
+                assert hub.publish_page(changes, cursors, last)
+            else:
+                position = hub.position
+                for index, change in enumerate(changes):
+                    position = position.after_change(700, change.seq,
+                                                     Snapshot(700) if index == 0 else None)
+                    hub.publish(change, position)
+            assert hub.position == last and hub.last_seq == 6
+            assert hub.counters.events_received == 6
+            subs = {"alice": alice, "bob": bob, "everyone": everyone,
+                    "watching_bob": watching_bob, "dave": dave}
+            queued_by[way] = {name: _frames(sub) for name, sub in subs.items()}
+            assert {name: sub.queue.bytes for name, sub in subs.items()} == {
+                name: sum(len(f) + 64 for f in frames)
+                for name, frames in queued_by[way].items()}
+    assert queued_by["page"] == queued_by["one by one"]
+    page = queued_by["page"]
+    assert [json.loads(f)["seq"] for f in page["everyone"]] == [1, 2, 3, 4, 5, 6]
+    assert [json.loads(f)["seq"] for f in page["alice"]] == [1, 3, 4]
+    assert page["bob"] == page["watching_bob"] and page["dave"] == []
+    assert json.loads(page["everyone"][-1])["cursor"] == last.cursor()
+
+
+async def test_a_page_is_left_to_one_by_one_when_anyone_cannot_take_it_all():
+    """A subscriber behind, one short of room, or an order changing owner: nothing is
+    queued and the page goes one by one (where each case has its own rule)."""
+    hub, _, _ = make(queue_bytes=2000)
+    async with hub.subscriber(1, False) as alice, hub.subscriber(9, True) as everyone:
+        hub.subscribe_orders(alice, 1)
+        hub.subscribe_orders(everyone, ALL_OWNERS)
+        start = hub.position
+
+        def attempt(changes: list[Change]) -> bool:
+            last, cursors = start.after_changes(changes[0].xid, [c.seq for c in changes])
+            return hub.publish_page(changes, cursors, last)
+
+        assert not attempt(_bulk(700, [1] * 30))  # 30 frames pass alice's 2,000 bytes
+        moved = _bulk(700, [1, 1])
+        moved[1] = moved[1]._replace(old_owner_id=2)
+        assert not attempt(moved)
+        alice.mode = Mode.BEHIND
+        assert not attempt(_bulk(700, [1, 1]))
+        assert hub.position == start and hub.counters.events_received == 0
+        assert _frames(alice) == _frames(everyone) == []
+        # A subscriber on its way out (behind or not) takes nothing and stops no one.
+        alice.closing = True
+        assert attempt(_bulk(700, [1] * 8))
+        assert _frames(alice) == [] and len(_frames(everyone)) == 8

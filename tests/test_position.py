@@ -226,3 +226,22 @@ def test_positions_stay_cheap_per_change(generation):
 
 def test_with_cursor_appends_to_the_trigger_frame():
     assert with_cursor('{"a" : 1}', "p5") == '{"a" : 1, "cursor" : "p5"}'
+
+
+@pytest.mark.parametrize("start, snapshot", [
+    (Position(), Snapshot(500)),
+    (Position(400, ((90, 95), (120, 120))), Snapshot(505, (90, 501))),
+    (Position(400, ((90, 95),), (300, 7), generation=G), Snapshot(505, (90,))),
+    (Position(600, ((90, 95),), (500, 3), generation=G), None),  # the same transaction, on
+])
+def test_after_changes_is_after_change_one_by_one(start, snapshot):
+    seqs = [4, 5, 9, 10, 11]
+    position, one_by_one = start, []
+    for index, seq in enumerate(seqs):
+        position = position.after_change(500, seq, snapshot if index == 0 else None)
+        one_by_one.append(position.cursor())
+    last, cursors = start.after_changes(500, seqs, snapshot)
+    assert cursors == one_by_one
+    assert last == position and last.cursor() == one_by_one[-1]
+    assert start.after_changes(500, seqs[:1], snapshot) == (
+        start.after_change(500, 4, snapshot), one_by_one[:1])

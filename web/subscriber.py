@@ -71,6 +71,19 @@ class FrameQueue:
     def fits(self, frame: str) -> bool:
         return self.bytes + len(frame) + FRAME_OVERHEAD <= self.budget
 
+    def fits_events(self, size: int, count: int) -> bool:
+        """Whether `count` frames of `size` characters in all fit (`fits` for each in turn)."""
+        return self.bytes + size + count * FRAME_OVERHEAD <= self.budget
+
+    def put_events(self, frames: list[str], size: int) -> None:
+        """Queue order events together, as `put(frame, event=True)` for each would; `size`
+        is their length summed."""
+        self._frames.extend([(frame, True) for frame in frames])
+        self.bytes += size + len(frames) * FRAME_OVERHEAD
+        self._wake()
+        if self.bytes > self.budget // 2:
+            self._room.clear()
+
     def put(self, frame: str, event: bool = False) -> None:
         self._frames.append((frame, event))
         self.bytes += len(frame) + FRAME_OVERHEAD
