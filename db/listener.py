@@ -35,7 +35,8 @@ AUTH_CHANNEL = "auth"
 SIGNED_CHANNELS = frozenset({ORDERS_CHANNEL, QUOTES_CHANNEL})
 # The pump lets other tasks run after this many changes in a row.
 YIELD_EVERY = 32
-# A bulk statement's changes read from the log go to the hub this many at once (Hub.publish_page).
+# A bulk statement's changes read from the log go to the hub this many at once
+# (Hub.publish_page), then other tasks run.
 PUBLISH_TOGETHER = 256
 # One read of the log: at most this many rows and bytes.
 PAGE_ROWS, PAGE_BYTES = 2000, 4 << 20

@@ -288,20 +288,32 @@ def _frames(sub) -> list[str]:
     return [frame for frame, _ in sub.queue._frames]
 
 
-async def test_a_page_of_a_bulk_statement_queues_what_one_by_one_would():
+async def test_a_page_of_a_bulk_statement_gives_each_socket_what_one_by_one_would():
     owners = [1, 2, 1, 1, 3, 2]
     queued_by: dict[str, dict[str, list[str]]] = {}
+    to_carol: dict[str, list[str]] = {}
     for way in ("one by one", "page"):
         hub, _, _ = make()
         async with hub.subscriber(1, False) as alice, hub.subscriber(2, False) as bob, \
                 hub.subscriber(9, True) as everyone, hub.subscriber(9, True) as watching_bob, \
-                hub.subscriber(4, False) as dave:
+                hub.subscriber(4, False) as dave, hub.subscriber(1, False) as carol:
             hub.subscribe_orders(alice, 1)
             hub.subscribe_orders(bob, 2)
             hub.subscribe_orders(everyone, ALL_OWNERS)
             everyone.batch = True
             hub.subscribe_orders(watching_bob, 2)
             hub.subscribe_orders(dave, 4)
+            # Carol's sender waits on an empty queue and her socket takes offers: one by
+            # one, her events go straight to it; a page goes through her queue.
+            hub.subscribe_orders(carol, 1)
+            written: list[str] = []
+
+            def take(frame: str, into: list[str] = written) -> bool:
+                into.append(frame)
+                return True
+
+            carol.queue.direct = take
+            carol.queue._parked = True
             changes = _bulk(700, owners)
             last, cursors = hub.position.after_changes(700, [c.seq for c in changes],
                                                        Snapshot(700))
@@ -315,6 +327,7 @@ async def test_a_page_of_a_bulk_statement_queues_what_one_by_one_would():
                     hub.publish(change, position)
             assert hub.position == last and hub.last_seq == 6
             assert hub.counters.events_received == 6
+            to_carol[way] = written + _frames(carol)
             subs = {"alice": alice, "bob": bob, "everyone": everyone,
                     "watching_bob": watching_bob, "dave": dave}
             queued_by[way] = {name: _frames(sub) for name, sub in subs.items()}
@@ -327,6 +340,7 @@ async def test_a_page_of_a_bulk_statement_queues_what_one_by_one_would():
     assert [json.loads(f)["seq"] for f in page["alice"]] == [1, 3, 4]
     assert page["bob"] == page["watching_bob"] and page["dave"] == []
     assert json.loads(page["everyone"][-1])["cursor"] == last.cursor()
+    assert to_carol["page"] == to_carol["one by one"] == page["alice"]
 
 
 async def test_a_page_is_left_to_one_by_one_when_anyone_cannot_take_it_all():

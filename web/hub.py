@@ -159,36 +159,52 @@ class Hub:
         """Deliver `changes` (of one transaction, in seq order; `cursors` the stream's
         position after each, `position` after the last) in one go, when no order among them
         moves between owners and every subscriber they reach is current with room for all
-        it gets: the frames `publish` one by one would queue, put together. Else False,
-        with nothing done: then `publish` them one by one.
+        it gets. Else False, with nothing done: then `publish` them one by one.
 
-        A bulk statement's page of up to 2,000 changes: per change, `publish` is a position,
-        a cursor, routing and a queue put for each subscriber; here a change costs its
-        frame and each subscriber one put for the page."""
+        Each subscriber gets the frames `publish` one by one would give it, in the same
+        order, through its queue: a page is not offered straight to a waiting socket
+        (web/frame_writer.py), its sender takes the page from the queue on its next turn.
+        A bulk statement's page of up to 2,000 changes: per change, `publish` is a
+        position, a cursor, routing and a queue put for each subscriber; here a change
+        costs its frame, and each subscriber one put of the page."""
         by_owner = self._by_owner
-        frames: list[str] = []
-        owned: dict[int, list[str]] = {}
-        for change, cursor in zip(changes, cursors, strict=True):
+        owners = set()
+        for change in changes:
             old_owner = change.old_owner_id
             if old_owner is not None and old_owner != change.owner_id:
                 return False  # frame_for reshapes it per owner
-            frame = with_cursor(change.frame, cursor)
-            frames.append(frame)
-            if change.owner_id in by_owner:
-                owned.setdefault(change.owner_id, []).append(frame)
-        deliveries = [(subscribers, page, sum(map(len, page)))
-                      for subscribers, page in ((by_owner.get(ALL_OWNERS), frames),
-                                                *((by_owner.get(k), v) for k, v in owned.items()))
-                      if subscribers]
-        for subscribers, page, size in deliveries:
+            owners.add(change.owner_id)
+        reached = [subscribers for subscribers in map(by_owner.get, (ALL_OWNERS, *owners))
+                   if subscribers]
+        # Who cannot take a page, before any frame is made (a subscriber rejoining from
+        # the log stays AHEAD until the statement ends: every page of it comes here).
+        for subscribers in reached:
             for sub in subscribers:
-                if not sub.closing and (sub.mode is not _CURRENT
-                                        or not sub.queue.fits_events(size, len(page))):
+                if sub.mode is not _CURRENT and not sub.closing:
                     return False
-        for subscribers, page, size in deliveries:
+        frames = [with_cursor(change.frame, cursor)
+                  for change, cursor in zip(changes, cursors, strict=True)]
+        # One list of queue items per owner, shared by its subscribers (tuples: immutable).
+        everyone = [(frame, True) for frame in frames]
+        owned: dict[OwnerKey, list[tuple[str, bool]]] = {ALL_OWNERS: everyone}
+        if len(owners) == 1:
+            owned[next(iter(owners))] = everyone
+        else:
+            for change, item in zip(changes, everyone, strict=True):
+                owned.setdefault(change.owner_id, []).append(item)
+        deliveries = []
+        for key, items in owned.items():
+            subscribers = by_owner.get(key)
+            if subscribers:
+                deliveries.append((subscribers, items, sum(len(frame) for frame, _ in items)))
+        for subscribers, items, size in deliveries:
+            for sub in subscribers:
+                if not sub.closing and not sub.queue.fits_events(size, len(items)):
+                    return False
+        for subscribers, items, size in deliveries:
             for sub in subscribers:
                 if not sub.closing:
-                    sub.queue.put_events(page, size)
+                    sub.queue.put_events(items, size)
         self.position = position
         self.counters.events_received += len(changes)
         self.last_seq = max(self.last_seq, changes[-1].seq)

@@ -75,11 +75,11 @@ class FrameQueue:
         """Whether `count` frames of `size` characters in all fit (`fits` for each in turn)."""
         return self.bytes + size + count * FRAME_OVERHEAD <= self.budget
 
-    def put_events(self, frames: list[str], size: int) -> None:
-        """Queue order events together, as `put(frame, event=True)` for each would; `size`
-        is their length summed."""
-        self._frames.extend([(frame, True) for frame in frames])
-        self.bytes += size + len(frames) * FRAME_OVERHEAD
+    def put_events(self, items: list[tuple[str, bool]], size: int) -> None:
+        """Queue order events together, as `put(frame, event=True)` for each would: `items`
+        are `(frame, True)`, `size` their frames' length summed."""
+        self._frames.extend(items)
+        self.bytes += size + len(items) * FRAME_OVERHEAD
         self._wake()
         if self.bytes > self.budget // 2:
             self._room.clear()
