@@ -267,3 +267,58 @@ async def test_truncate_tells_every_session_to_reload(own_server, server_url):
 async def test_an_absurd_quote_is_refused_by_a_constraint(sql):
     with pytest.raises(psycopg.errors.CheckViolation):
         sql.execute("INSERT INTO quotes (instrument, bid) VALUES ('HUGE', 1e7990)")
+
+
+async def _take(ws, count: int) -> list[dict]:
+    return [await ws.recv_type("order") for _ in range(count)]
+
+
+async def test_a_bulk_statement_moving_some_orders_reaches_each_dashboard_right(
+        server, make_user, sql):
+    """Over 100 rows, a statement is read back from the change log and handed to the hub
+    by pages; a page with an order changing owner goes change by change. Both, in one
+    statement: 600 of alice's orders updated, every third of the last 150 moved to bob."""
+    alice, bob, staff = make_user(), make_user(), make_user(staff=True)
+    ids = [row[0] for row in sql.execute(
+        "INSERT INTO orders (owner_id, instrument, quantity, price)"
+        " SELECT %s, 'BULK', 1, g FROM generate_series(1, 600) g RETURNING id",
+        (alice.id,)).fetchall()]
+    moved = {i for i in ids[450:] if i % 3 == 0}
+    stays = set(ids) - moved
+    async with (
+        open_socket(server, alice) as alice_ws,
+        open_socket(server, bob) as bob_ws,
+        open_socket(server, staff) as staff_ws,
+    ):
+        await alice_ws.subscribe_orders()
+        await bob_ws.subscribe_orders()
+        await staff_ws.subscribe_orders(owner="*")
+        sql.execute("UPDATE orders SET price = price + 1,"
+                    " owner_id = CASE WHEN id = ANY(%s) THEN %s ELSE owner_id END"
+                    " WHERE id = ANY(%s)", (list(moved), bob.id, ids))
+        to_alice, to_bob, to_staff = (await _take(alice_ws, 600),
+                                      await _take(bob_ws, len(moved)),
+                                      await _take(staff_ws, 600))
+        for events in (to_alice, to_bob, to_staff):
+            assert [e["seq"] for e in events] == sorted(e["seq"] for e in events)
+        assert {(e["op"], e["order"]["id"]) for e in to_alice} == (
+            {("delete", i) for i in moved} | {("update", i) for i in stays})
+        assert all(set(e["order"]) == {"id", "owner_id", "version"}
+                   for e in to_alice if e["op"] == "delete")
+        assert {(e["op"], e["order"]["id"], e["order"]["owner_id"]) for e in to_bob} == {
+            ("insert", i, bob.id) for i in moved}
+        assert {(e["op"], e["order"]["id"]) for e in to_staff} == {("update", i) for i in ids}
+        assert to_staff[-1]["cursor"] == to_alice[-1]["cursor"]  # the stream's, after it all
+
+        # No move: the whole statement by pages, the same frames to the owner and to staff.
+        sql.execute("UPDATE orders SET price = price + 1 WHERE id = ANY(%s)", (ids,))
+        to_alice, to_bob, to_staff = (await _take(alice_ws, len(stays)),
+                                      await _take(bob_ws, len(moved)),
+                                      await _take(staff_ws, 600))
+        assert {e["order"]["id"] for e in to_alice} == stays
+        assert {e["order"]["id"] for e in to_bob} == moved
+        assert {e["op"] for e in to_alice + to_bob + to_staff} == {"update"}
+        by_id = {e["order"]["id"]: e for e in to_staff}
+        assert all(by_id[e["order"]["id"]] == e for e in to_alice + to_bob)
+        for ws in (alice_ws, bob_ws, staff_ws):
+            await ws.assert_silent()
