@@ -153,9 +153,7 @@ class Position:
         each step moves only `current`, so every cursor is one text with its seq written
         in (a page of a bulk statement: one Position, not one per change)."""
         first = self.after_change(xid, seqs[0], snapshot)
-        head, _, rest = first.cursor().partition(";")
-        _, at, generation = rest.partition("@")
-        tail = at + generation
+        head, tail = first._head(), first._tail()
         cursors = [f"{head};{xid}.{seq}{tail}" for seq in seqs]
         if len(seqs) == 1:
             return first, cursors
@@ -237,14 +235,19 @@ class Position:
         return self._text
 
     def _encode(self) -> str:
-        text = f"p{self.xmax}"
-        if self.pending:
-            text += "~" + ",".join(str(a) if a == b else f"{a}-{b}" for a, b in self.pending)
-        if self.current is not None:
-            text += f";{self.current[0]}.{self.current[1]}"
-        if self.generation:
-            text += f"@{self.generation:x}"
-        return text
+        current = "" if self.current is None else f";{self.current[0]}.{self.current[1]}"
+        return f"{self._head()}{current}{self._tail()}"
+
+    def _head(self) -> str:
+        """The cursor up to `current`: xmax and the pending ranges."""
+        if not self.pending:
+            return f"p{self.xmax}"
+        return f"p{self.xmax}~" + ",".join(str(a) if a == b else f"{a}-{b}"
+                                          for a, b in self.pending)
+
+    def _tail(self) -> str:
+        """The cursor after `current`: the generation, if not 0."""
+        return f"@{self.generation:x}" if self.generation else ""
 
     @classmethod
     def parse(cls, cursor: object) -> Position:

@@ -34,6 +34,7 @@ def name_problem(name: object) -> str | None:
         return "must be valid Unicode text"
     return None
 
+
 def new_secret() -> str:
     """A fresh token: 256 random bits, URL-safe (also valid in a WebSocket subprotocol)."""
     return secrets.token_urlsafe(32)

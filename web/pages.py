@@ -15,9 +15,11 @@ from db import queries
 from web.auth import SESSION_ID_KEY, WebUser, auth_failure, current_user
 from web.csrf import FORM_FIELD, csrf_token, csrf_valid
 from web.errors import error_response, failure_error
+from web.order_input import SIDES, STATUSES
 from web.throttle import LoginThrottle
 
 templates = Jinja2Templates(directory=str(Path(__file__).resolve().parent / "templates"))
+templates.env.globals.update(order_sides=SIDES, order_statuses=STATUSES)
 
 
 def _safe_next(value: object) -> str:
