@@ -9,12 +9,14 @@ and time the frames that arrive on real WebSocket connections.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -111,6 +113,63 @@ async def _big_statement(db: psycopg.AsyncConnection, port: int, staff_token: st
         await db.execute(statement, params)
         committed = time.perf_counter()
         return await counter - committed
+
+
+async def replay_rates(db: psycopg.AsyncConnection, port: int, staff_token: str,
+                       owner_token: str, owner_id: int, other_id: int,
+                       rows: int) -> dict[str, float]:
+    """Events/s of a resume with `after` and `"batch": true` over one `rows`-row UPDATE made
+    while the socket was away, subscribe sent to last event: a staff "*" socket (all of
+    it), and a socket of the owner of every tenth order (the others are `other_id`'s): one
+    trader coming back after a statement over many traders' orders."""
+    await db.execute("INSERT INTO orders (owner_id, instrument, quantity, price)"
+                     " SELECT CASE WHEN g %% 10 = 0 THEN %s ELSE %s END, 'REPLAY', 1, g"
+                     " FROM generate_series(1, %s) g", (owner_id, other_id, rows))
+    expected = {"staff": rows, "owner": rows // 10}
+    readers = {"staff": (staff_token, {"owner": "*"}), "owner": (owner_token, {})}
+    cursors = {}
+    try:
+        for name, (token, scope) in readers.items():
+            async with _orders_socket(port, token, scope) as ws:
+                await db.execute("UPDATE orders SET quantity = quantity + 1 WHERE id ="
+                                 " (SELECT min(id) FROM orders WHERE owner_id = %s"
+                                 "  AND instrument = 'REPLAY')", (owner_id,))
+                while (event := json.loads(await asyncio.wait_for(ws.recv(), 30)))["type"] \
+                        != "order":
+                    pass
+                cursors[name] = event["cursor"]
+        await db.execute("UPDATE orders SET price = price + 1 WHERE owner_id IN (%s, %s)"
+                         " AND instrument = 'REPLAY'", (owner_id, other_id))
+        rates = {}
+        for name, (token, scope) in readers.items():
+            async with _orders_socket(port, token, None) as ws:
+                started = time.perf_counter()
+                await ws.send(json.dumps({"op": "subscribe", "channel": "orders", **scope,
+                                          "after": cursors[name], "batch": True}))
+                got = 0
+                while got < expected[name]:
+                    text = await asyncio.wait_for(ws.recv(), 30)
+                    if text.startswith('{"type": "resync"'):
+                        raise RuntimeError(f"resync after {got} events: {text}")
+                    got += text.count('"op" : "update"')  # one per event
+                rates[name] = expected[name] / (time.perf_counter() - started)
+        return rates
+    finally:
+        await db.execute("DELETE FROM orders WHERE owner_id IN (%s, %s)"
+                         " AND instrument = 'REPLAY'", (owner_id, other_id))
+
+
+@contextlib.asynccontextmanager
+async def _orders_socket(port: int, token: str, scope: dict[str, str] | None
+                         ) -> AsyncIterator[websockets.ClientConnection]:
+    """A socket of `token`'s, subscribed to orders with `scope` (None: not subscribed)."""
+    async with websockets.connect(f"ws://127.0.0.1:{port}/ws", max_size=2**24, max_queue=None,
+                                  additional_headers={"Authorization": f"Bearer {token}"}
+                                  ) as ws:
+        if scope is not None:
+            await ws.send(json.dumps({"op": "subscribe", "channel": "orders", **scope}))
+            assert json.loads(await ws.recv())["type"] == "subscribed"
+        yield ws
 
 
 async def listener_loss(db: psycopg.AsyncConnection, ws: websockets.ClientConnection,

@@ -25,6 +25,8 @@ SCENARIOS: dict[str, str] = {
     "recovery": "the server's LISTEN connection killed: time to healthy and to the missed"
                 " write",
     "batch": "one big UPDATE to one staff socket, plain frames against \"batch\": true",
+    "replay": "sockets away during an UPDATE of --batch-rows orders resume with `after` and"
+              " \"batch\": true: staff \"*\" against the owner of a tenth of them",
     "bulk": "a big UPDATE with our triggers against the same table without triggers",
     "writers": "8 concurrent single-row writers: ours against one bare pg_notify row trigger"
                " and against no trigger",
@@ -134,7 +136,8 @@ def add_bench_flags(p: argparse.ArgumentParser,
                       help=f"sessions: how many at once (default "
                            f"{DEFAULT_SIZES.scale_sessions}); with --fanout: also run them")
     size.add_argument("--batch-rows", type=positive_int, metavar="N",
-                      help=f"batch: rows of the UPDATE (default {DEFAULT_SIZES.batch_rows})")
+                      help=f"batch and replay: rows of the UPDATE (default"
+                           f" {DEFAULT_SIZES.batch_rows})")
     size.add_argument("--bulk-rows", type=positive_int, metavar="N",
                       help=f"bulk: rows of the UPDATE (default {DEFAULT_SIZES.bulk_rows})")
     size.add_argument("--rounds", type=positive_int, metavar="N",

@@ -14,7 +14,7 @@ import psycopg
 
 import config
 from cli import bench_fanout
-from cli.bench import _pct, _socket, batch_rates, listener_loss
+from cli.bench import _pct, _socket, batch_rates, listener_loss, replay_rates
 from cli.bench_fanout import OWNERS, SOCKETS_PER_OWNER, Build, Result, Target
 from cli.bench_floor import FLOOR, interleaved_latency
 from cli.bench_options import Sizes
@@ -208,6 +208,24 @@ def _batch(bench: Bench) -> None:
                          rates["batch"] >= 200_000)
 
 
+def _replay(bench: Bench) -> None:
+    rows = bench.sizes.batch_rows
+    (owner, token), (other, _) = bench.owners[:2]
+
+    async def measure() -> dict[str, float]:
+        async with await psycopg.AsyncConnection.connect(bench.url, autocommit=True) as db:
+            return await replay_rates(db, bench.port, bench.staff[1], token, owner, other,
+                                      rows)
+
+    rates = asyncio.run(measure())
+    bench.results.record("replay", {"rows": rows, "events_per_s": rates})
+    bench.results.figure("replay", f"resume over a {rows:,}-row UPDATE, staff \"*\"",
+                         f"{rates['staff']:,.0f} events/s")
+    bench.results.figure("replay", "the same for the owner of a tenth of its orders",
+                         f"{rates['owner']:,.0f} events/s ="
+                         f" {rates['owner'] / rates['staff']:.2f}x staff")
+
+
 def _recovery(bench: Bench) -> None:
     owner, token = bench.owners[0]
 
@@ -230,7 +248,8 @@ def _recovery(bench: Bench) -> None:
 
 
 SERVED: dict[str, Callable[[Bench], None]] = {
-    "fanout": _fanout, "sessions": _sessions, "recovery": _recovery, "batch": _batch}
+    "fanout": _fanout, "sessions": _sessions, "recovery": _recovery, "batch": _batch,
+    "replay": _replay}
 
 
 # -- without a server: writer cost ---------------------------------------------------------

@@ -82,6 +82,8 @@ def test_smoke_bench_runs_every_scenario_and_writes_its_results(server_url: str,
 
     assert s["batch"]["rows"] == SMOKE_SIZES.batch_rows
     assert s["batch"]["events_per_s"]["plain"] > 0 and s["batch"]["events_per_s"]["batch"] > 0
+    assert s["replay"]["rows"] == SMOKE_SIZES.batch_rows
+    assert s["replay"]["events_per_s"]["staff"] > 0 and s["replay"]["events_per_s"]["owner"] > 0
     assert len(s["recovery"]["healthy_ms"]) == SMOKE_SIZES.recovery_rounds
     assert len(s["recovery"]["missed_write_delivered_ms"]) == SMOKE_SIZES.recovery_rounds
     for state in ("dead_rows", "vacuumed"):

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import Any
 
 import psycopg
+import pytest
 import websockets
 
+from db import changelog
 from db.changelog import ChangeLog
 from tests.conftest import insert_order, open_socket
 
@@ -80,6 +83,129 @@ async def test_a_bulk_statement_of_multibyte_rows_reaches_staff_completely(
                         break
                     ids.add(frame["order"]["id"])
         assert resyncs == 0 and len(ids) == 150, f"{len(ids)} of 150 rows, {resyncs} resyncs"
+
+
+# -- a read for one owner walks its changes in order, whatever the transaction's size -----
+
+BIG = 5000  # changes in one statement, one in ten of them alice's
+PAGE = 100
+
+
+def _scanned(plan: dict[str, Any]) -> int:
+    """Rows the plan's scans of order_changes read: returned or filtered out, all loops."""
+    return sum((node["Actual Rows"] + node.get("Rows Removed by Filter", 0)
+                + node.get("Rows Removed by Index Recheck", 0)) * node["Actual Loops"]
+               for node in _nodes(plan) if node.get("Relation Name") == "order_changes")
+
+
+def _outline(plan: dict[str, Any]) -> list[str]:
+    """The plan's nodes, depth first, with the rows each produced."""
+    return [f"{node['Node Type']} {node.get('Index Name', '')} {node['Actual Rows']}"
+            for node in _nodes(plan)]
+
+
+def _nodes(plan: dict[str, Any]) -> list[dict[str, Any]]:
+    out, stack = [], [plan]
+    while stack:
+        node = stack.pop()
+        out.append(node)
+        stack.extend(reversed(node.get("Plans", [])))
+    return out
+
+
+def _big_statement(sql: psycopg.Connection, alice: int, bob: int) -> int:
+    """One INSERT of BIG orders, every tenth alice's, the others bob's; its xid."""
+    return sql.execute(
+        "WITH i AS (INSERT INTO orders (owner_id, instrument, quantity, price)"
+        " SELECT CASE WHEN g %% 10 = 0 THEN %s ELSE %s END, 'BIG', 1, g"
+        " FROM generate_series(1, %s) g RETURNING id)"
+        " SELECT pg_current_xact_id()::text::bigint FROM i LIMIT 1", (alice, bob, BIG)
+    ).fetchone()[0]
+
+
+@pytest.mark.parametrize("plans", ["force_custom_plan", "force_generic_plan"])
+async def test_a_page_for_one_owner_reads_what_it_returns_not_the_whole_transaction(
+        db_url, make_user, sql, plans):
+    """A page of 100 from the middle of a 5,000-change statement, for one owner: as the
+    rest of the transaction under way, as a transaction from xmax on, and as a pending one.
+    Each scan of the log reads at most the page (per owner column), under custom and generic
+    plans alike (asyncpg's prepared statements go generic after five runs). Reading and
+    sorting all of the owner's changes for every page made a replay quadratic in the
+    statement's size."""
+    alice, bob = make_user(), make_user()
+    xid = _big_statement(sql, alice.id, bob.id)
+    middle = sql.execute("SELECT min(seq) + %s FROM order_changes WHERE xid = %s::text::xid8",
+                         (BIG // 2, str(xid))).fetchone()[0]
+    reads = {  # query, arguments: (xid, after seq, rows, bytes, owner) and (xmax, pending
+               # lows, highs, current xid, rows, bytes, owner)
+        "rest of current": (changelog._PAGE_OF_CURRENT_FOR_OWNER,
+                            (str(xid), middle, PAGE, 1 << 20, alice.id)),
+        "from xmax": (changelog._PAGE_OF_UNCOVERED_FOR_OWNER,
+                      (str(xid), [], [], None, PAGE, 1 << 20, alice.id)),
+        "pending": (changelog._PAGE_OF_UNCOVERED_FOR_OWNER,
+                    (str(xid + 1), [str(xid)], [str(xid)], None, PAGE, 1 << 20, alice.id)),
+        "all owners": (changelog._PAGE_OF_CURRENT, (str(xid), middle, PAGE, 1 << 20)),
+    }
+    log = ChangeLog(db_url)  # its connections, with their settings
+    await log.open()
+    try:
+        async with log.pool.acquire() as conn:  # released (and reset) if a check fails
+            await conn.execute(f"SET plan_cache_mode = {plans}")
+            for name, (query, args) in reads.items():
+                rows = await conn.fetch(query, *args)
+                assert len(rows) == PAGE and all(r["owner_id"] == alice.id for r in rows
+                                                 if name != "all owners"), name
+                assert [r["seq"] for r in rows] == sorted(r["seq"] for r in rows), name
+                plan = json.loads(await conn.fetchval(
+                    f"EXPLAIN (ANALYZE, FORMAT JSON) {query}", *args))[0]["Plan"]
+                assert _scanned(plan) <= 2 * PAGE + 2, (
+                    f"{name}: the page of {PAGE} read {_scanned(plan)} rows of the log:"
+                    f" {_outline(plan)}")
+    finally:
+        await log.close()
+
+
+async def test_pages_for_one_owner_hold_its_changes_and_moves_in_order(db_url, make_user, sql):
+    """Small pages through a statement of mixed owners, orders moved from alice to bob, and
+    a transaction that was running when the start position was taken (a pending range):
+    each owner gets exactly its changes (bob's moved-in orders, alice's moved-away ones),
+    staff all of them, in (xid, seq) order."""
+    alice, bob = make_user(), make_user()
+    log = ChangeLog(db_url)
+    await log.open()
+    try:
+        with psycopg.connect(db_url) as running:
+            running.execute("INSERT INTO orders (owner_id, instrument, quantity, price)"
+                            " SELECT %s, 'EARLY', 1, g FROM generate_series(1, 30) g",
+                            (alice.id,))
+            start = (await log.state()).start()  # the insert above runs: pending
+            xids = [_big_statement(sql, alice.id, bob.id)]
+            xids.append(sql.execute(
+                "WITH m AS (UPDATE orders SET owner_id = %s WHERE owner_id = %s"
+                " AND instrument = 'BIG' AND price::int %% 6 = 0 RETURNING id)"
+                " SELECT pg_current_xact_id()::text::bigint FROM m LIMIT 1",
+                (bob.id, alice.id)).fetchone()[0])
+            xids.append(running.execute("SELECT pg_current_xact_id()::text::bigint"
+                                        ).fetchone()[0])
+            running.commit()
+        for owner in (alice.id, bob.id, None):
+            expected = [r[0] for r in sql.execute(
+                "SELECT seq FROM order_changes WHERE xid = ANY(%s::text[]::xid8[])"
+                " AND (%s::bigint IS NULL OR owner_id = %s OR old_owner_id = %s)"
+                " ORDER BY xid, seq", ([str(x) for x in xids], owner, owner, owner))]
+            got, position = [], start
+            for _ in range(1000):
+                page = await log.read(position, owner, None, max_rows=37, max_bytes=1 << 20)
+                got += [c.seq for c in page.changes]
+                position = page.end(position)
+                if page.complete:
+                    break
+            missing, extra = sorted(set(expected) - set(got)), sorted(set(got) - set(expected))
+            assert got == expected, (f"owner {owner}: {len(got)} changes read of"
+                                     f" {len(expected)}; missing {missing[:5]}, extra"
+                                     f" {extra[:5]}, or out of order")
+    finally:
+        await log.close()
 
 
 # -- a cursor from another database (restored, re-created) gets resync ------------------
