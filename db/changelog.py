@@ -24,6 +24,8 @@ from db.rights import Identities, Rights, load_rights
 log = logging.getLogger(__name__)
 
 _COLUMNS = "c.seq, c.xid AS x, c.xid::text::bigint AS xid, c.owner_id, c.old_owner_id, c.frame"
+
+
 # One owner's changes are those it owns and those that moved away from it: each read for an
 # owner is two reads, one per column, each an ordered range scan of its (column, xid, seq)
 # index that stops at the page's limit. One query with "owner_id = $n OR old_owner_id = $n"
@@ -32,14 +34,14 @@ _COLUMNS = "c.seq, c.xid AS x, c.xid::text::bigint AS xid, c.owner_id, c.old_own
 # transaction for every page (a 100,000-row statement replayed to its owner at 42,000
 # events/s, to staff at 130,000); planned generically, it walked everyone's changes in
 # (xid, seq) order and dropped the others' (ten times the rows for an owner of a tenth).
-_OWNER_COLUMNS = ("owner_id", "old_owner_id")
-
-
+# The planner's choice between those is why the pool below turns bitmap scans off.
 def _for_owner(query: str, limit: str, owner: str) -> str:
     """`query` (with {scope} where its WHERE clauses end) for the owner in parameter `owner`:
-    its rows as owner and as previous owner, in (xid, seq) order, at most `limit`."""
-    branches = " UNION ALL ".join(f"({query.format(scope=f' AND c.{column} = {owner}')})"
-                                  for column in _OWNER_COLUMNS)
+    its rows as owner and as previous owner, in (xid, seq) order, at most `limit`. (The
+    trigger never logs a previous owner equal to the owner; if a row did, it comes once.)"""
+    scopes = (f" AND c.owner_id = {owner}",
+              f" AND c.old_owner_id = {owner} AND c.owner_id <> {owner}")
+    branches = " UNION ALL ".join(f"({query.format(scope=scope)})" for scope in scopes)
     return f"SELECT * FROM ({branches}) o ORDER BY x, seq LIMIT {limit}"
 
 
@@ -127,6 +129,10 @@ class ChangeLog:
                              # limit. The planner takes the newest transactions for few rows
                              # (statistics never know them) and would rather collect all of
                              # them in a bitmap and sort: every page then reads them all.
+                             # The other queries on these connections look rows up by key
+                             # (rights, the log's state, one frame); a long list of ids
+                             # costs load_rights a few ms more without bitmaps. A query that
+                             # needs the BRIN index (pruning) must not run here.
                              "enable_bitmapscan": "off"})
 
     async def close(self) -> None:

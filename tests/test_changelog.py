@@ -134,28 +134,39 @@ async def test_a_page_for_one_owner_reads_what_it_returns_not_the_whole_transact
     statement's size."""
     alice, bob = make_user(), make_user()
     xid = _big_statement(sql, alice.id, bob.id)
+    # Moves of alice's orders in a later transaction: rows for the previous-owner branch.
+    sql.execute("UPDATE orders SET owner_id = %s WHERE owner_id = %s AND price::int %% 40 = 0",
+                (bob.id, alice.id))
     middle = sql.execute("SELECT min(seq) + %s FROM order_changes WHERE xid = %s::text::xid8",
                          (BIG // 2, str(xid))).fetchone()[0]
-    reads = {  # query, arguments: (xid, after seq, rows, bytes, owner) and (xmax, pending
-               # lows, highs, current xid, rows, bytes, owner)
+    # name: query, its arguments ((xid, after seq, rows, bytes[, owner]) or (xmax, pending
+    # lows, highs, current xid, rows, bytes, owner)), and the same page in plain SQL.
+    alices = "(owner_id = $2 OR old_owner_id = $2)"
+    reads = {
         "rest of current": (changelog._PAGE_OF_CURRENT_FOR_OWNER,
-                            (str(xid), middle, PAGE, 1 << 20, alice.id)),
+                            (str(xid), middle, PAGE, 1 << 20, alice.id),
+                            f"xid = $1::text::xid8 AND {alices} AND seq > $3",
+                            (str(xid), alice.id, middle)),
         "from xmax": (changelog._PAGE_OF_UNCOVERED_FOR_OWNER,
-                      (str(xid), [], [], None, PAGE, 1 << 20, alice.id)),
+                      (str(xid), [], [], None, PAGE, 1 << 20, alice.id),
+                      f"xid >= $1::text::xid8 AND {alices}", (str(xid), alice.id)),
         "pending": (changelog._PAGE_OF_UNCOVERED_FOR_OWNER,
-                    (str(xid + 1), [str(xid)], [str(xid)], None, PAGE, 1 << 20, alice.id)),
-        "all owners": (changelog._PAGE_OF_CURRENT, (str(xid), middle, PAGE, 1 << 20)),
+                    (str(xid + 1), [str(xid)], [str(xid)], None, PAGE, 1 << 20, alice.id),
+                    f"xid >= $1::text::xid8 AND {alices}", (str(xid), alice.id)),
+        "all owners": (changelog._PAGE_OF_CURRENT, (str(xid), middle, PAGE, 1 << 20),
+                       "xid = $1::text::xid8 AND seq > $2", (str(xid), middle)),
     }
     log = ChangeLog(db_url)  # its connections, with their settings
     await log.open()
     try:
         async with log.pool.acquire() as conn:  # released (and reset) if a check fails
             await conn.execute(f"SET plan_cache_mode = {plans}")
-            for name, (query, args) in reads.items():
+            for name, (query, args, where, values) in reads.items():
                 rows = await conn.fetch(query, *args)
-                assert len(rows) == PAGE and all(r["owner_id"] == alice.id for r in rows
-                                                 if name != "all owners"), name
-                assert [r["seq"] for r in rows] == sorted(r["seq"] for r in rows), name
+                expected = await conn.fetch(
+                    f"SELECT seq FROM order_changes WHERE {where}"  # fixed text, our parameters
+                    f" ORDER BY xid, seq LIMIT {PAGE}", *values)
+                assert [r["seq"] for r in rows] == [r["seq"] for r in expected], name
                 plan = json.loads(await conn.fetchval(
                     f"EXPLAIN (ANALYZE, FORMAT JSON) {query}", *args))[0]["Plan"]
                 assert _scanned(plan) <= 2 * PAGE + 2, (
@@ -165,12 +176,18 @@ async def test_a_page_for_one_owner_reads_what_it_returns_not_the_whole_transact
         await log.close()
 
 
-async def test_pages_for_one_owner_hold_its_changes_and_moves_in_order(db_url, make_user, sql):
-    """Small pages through a statement of mixed owners, orders moved from alice to bob, and
-    a transaction that was running when the start position was taken (a pending range):
-    each owner gets exactly its changes (bob's moved-in orders, alice's moved-away ones),
-    staff all of them, in (xid, seq) order."""
+@pytest.mark.parametrize("max_rows, max_bytes", [(37, 1 << 20), (1000, 2000)])
+async def test_pages_for_one_owner_hold_its_changes_and_moves_in_order(
+        db_url, make_user, sql, max_rows, max_bytes):
+    """Pages through orders moved away from alice (before her own rows: each page merges her
+    rows as owner and as previous owner), a statement of mixed owners, more moves, and a
+    transaction that was running when the start position was taken (a pending range below
+    its xmax); pages of 37 rows, then pages of about four frames (a byte bound: transactions
+    are left half read). Each owner gets exactly its changes (bob's moved-in orders,
+    alice's moved-away ones), staff all of them, in (xid, seq) order."""
     alice, bob = make_user(), make_user()
+    for _ in range(12):
+        insert_order(sql, alice.id, "MOVE")
     log = ChangeLog(db_url)
     await log.open()
     try:
@@ -178,24 +195,27 @@ async def test_pages_for_one_owner_hold_its_changes_and_moves_in_order(db_url, m
             running.execute("INSERT INTO orders (owner_id, instrument, quantity, price)"
                             " SELECT %s, 'EARLY', 1, g FROM generate_series(1, 30) g",
                             (alice.id,))
-            start = (await log.state()).start()  # the insert above runs: pending
-            xids = [_big_statement(sql, alice.id, bob.id)]
-            xids.append(sql.execute(
-                "WITH m AS (UPDATE orders SET owner_id = %s WHERE owner_id = %s"
-                " AND instrument = 'BIG' AND price::int %% 6 = 0 RETURNING id)"
-                " SELECT pg_current_xact_id()::text::bigint FROM m LIMIT 1",
-                (bob.id, alice.id)).fetchone()[0])
-            xids.append(running.execute("SELECT pg_current_xact_id()::text::bigint"
-                                        ).fetchone()[0])
+            running_xid = running.execute("SELECT pg_current_xact_id()::text::bigint"
+                                          ).fetchone()[0]
+            insert_order(sql, bob.id, "PAST")  # a later xid, committed: the start passes it
+            start = (await log.state()).start()
+            assert running_xid < start.xmax and not start.finished(running_xid), start
+            moved = ("WITH m AS (UPDATE orders SET owner_id = %s WHERE owner_id = %s"
+                     " AND instrument = %s AND price::int %% 3 = 0 RETURNING id)"
+                     " SELECT pg_current_xact_id()::text::bigint FROM m LIMIT 1")
+            xids = [sql.execute(moved, (bob.id, alice.id, "MOVE")).fetchone()[0],
+                    _big_statement(sql, alice.id, bob.id),
+                    sql.execute(moved, (bob.id, alice.id, "BIG")).fetchone()[0]]
             running.commit()
+        xids.append(running_xid)
         for owner in (alice.id, bob.id, None):
             expected = [r[0] for r in sql.execute(
                 "SELECT seq FROM order_changes WHERE xid = ANY(%s::text[]::xid8[])"
                 " AND (%s::bigint IS NULL OR owner_id = %s OR old_owner_id = %s)"
                 " ORDER BY xid, seq", ([str(x) for x in xids], owner, owner, owner))]
             got, position = [], start
-            for _ in range(1000):
-                page = await log.read(position, owner, None, max_rows=37, max_bytes=1 << 20)
+            for _ in range(20_000):
+                page = await log.read(position, owner, None, max_rows, max_bytes)
                 got += [c.seq for c in page.changes]
                 position = page.end(position)
                 if page.complete:
