@@ -3,7 +3,11 @@
 -- (db/changelog.py). On (owner_id, xid) the rows of one transaction come in no useful order:
 -- a page either read and sorted all of the owner's changes in the transaction, or walked
 -- everyone's changes and dropped the others'.
--- The wider keys cost a 50,000-row UPDATE about 2% (docs/benchmarks.md, session 7).
+-- The price is on the writer of a big statement: its rows of one owner were one key
+-- (owner_id, xid), which PostgreSQL stores once with all their row pointers; now each row is
+-- a key of its own. A 50,000-row UPDATE costs about 2% more on an empty log, 13-17% more
+-- on a log of 1.4 million rows written by big statements (docs/benchmarks.md, session 7).
+-- Single-row writes had a key per row before too.
 -- The indexes are built under a lock that holds order writes back while it lasts: about
 -- half a second per million rows in the log (its retention window) on the bench machine.
 CREATE INDEX order_changes_owner_xid_seq ON order_changes (owner_id, xid, seq);
