@@ -5,8 +5,8 @@
 -- everyone's changes and dropped the others'.
 -- The price is on the writer of a big statement: its rows of one owner were one key
 -- (owner_id, xid), which PostgreSQL stores once with all their row pointers; now each row is
--- a key of its own. A 50,000-row UPDATE costs about 2% more on an empty log, 13-17% more
--- on a log of 1.4 million rows written by big statements (docs/benchmarks.md, session 7).
+-- a key of its own. A 50,000-row UPDATE costs 2-3% more, and 13-17% more in one comparison
+-- on logs of 1.4 million rows grown by big statements (docs/benchmarks.md, session 7).
 -- Single-row writes had a key per row before too.
 -- The indexes are built under a lock that holds order writes back while it lasts: about
 -- half a second per million rows in the log (its retention window) on the bench machine.
