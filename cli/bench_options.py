@@ -25,8 +25,8 @@ SCENARIOS: dict[str, str] = {
     "recovery": "the server's LISTEN connection killed: time to healthy and to the missed"
                 " write",
     "batch": "one big UPDATE to one staff socket, plain frames against \"batch\": true",
-    "replay": "sockets away during an UPDATE of --batch-rows orders resume with `after` and"
-              " \"batch\": true: staff \"*\" against the owner of a tenth of them",
+    "replay": "sockets away during an UPDATE of one owner's --batch-rows orders resume with"
+              " `after` and \"batch\": true: staff \"*\" against the owner",
     "bulk": "a big UPDATE with our triggers against the same table without triggers",
     "writers": "8 concurrent single-row writers: ours against one bare pg_notify row trigger"
                " and against no trigger",

@@ -29,12 +29,12 @@ _COLUMNS = "c.seq, c.xid AS x, c.xid::text::bigint AS xid, c.owner_id, c.old_own
 # One owner's changes are those it owns and those that moved away from it: each read for an
 # owner is two reads, one per column, each an ordered range scan of its (column, xid, seq)
 # index that stops at the page's limit. One query with "owner_id = $n OR old_owner_id = $n"
-# over (column, xid) indexes did neither: planned for the owner (asyncpg's first five runs
-# of a statement on a connection) it read and sorted all of the owner's changes in the
-# transaction for every page (a 100,000-row statement replayed to its owner at 42,000
-# events/s, to staff at 130,000); planned generically, it walked everyone's changes in
-# (xid, seq) order and dropped the others' (ten times the rows for an owner of a tenth).
-# The planner's choice between those is why the pool below turns bitmap scans off.
+# over (column, xid) indexes did neither. Planned for the owner (custom plans, which the
+# planner kept) it read and sorted all of the owner's changes in the transaction for every
+# page: a 100,000-row statement replayed to its owner at 51,000 events/s, to staff at
+# 150,000 (`bench --only replay`). Planned generically, it walked everyone's changes in
+# (xid, seq) order and dropped the others'. The planner still picks the first kind of plan
+# for the newest transactions when it can: hence no bitmap scans on the pool below.
 def _for_owner(query: str, limit: str, owner: str) -> str:
     """`query` (with {scope} where its WHERE clauses end) for the owner in parameter `owner`:
     its rows as owner and as previous owner, in (xid, seq) order, at most `limit`. (The
