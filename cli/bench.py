@@ -93,20 +93,10 @@ async def _big_statement(db: psycopg.AsyncConnection, port: int, staff_token: st
     staff "*" socket (frames counted, not decoded: the server's time, not this client's;
     only events of the statement's own op count, not those of a statement before it)."""
     op_mark = '"op" : "' + statement.split()[0].lower() + '"'
-    async with websockets.connect(f"ws://127.0.0.1:{port}/ws", max_size=2**24, max_queue=None,
-                                  additional_headers={"Authorization": f"Bearer {staff_token}"}
-                                  ) as ws:
-        await ws.send(json.dumps({"op": "subscribe", "channel": "orders", "owner": "*",
-                                  "batch": batch}))
-        assert json.loads(await ws.recv())["type"] == "subscribed"
+    async with _orders_socket(port, staff_token, {"owner": "*", "batch": batch}) as ws:
 
         async def count() -> float:
-            got = 0
-            while got < rows:
-                text = await asyncio.wait_for(ws.recv(), 30)
-                if text.startswith('{"type": "resync"'):
-                    raise RuntimeError(f"resync after {got} frames: {text}")
-                got += text.count(op_mark)  # one per event, batched or not
+            await _events(ws, rows, op_mark)
             return time.perf_counter()
 
         counter = asyncio.create_task(count())
@@ -144,12 +134,7 @@ async def replay_rates(db: psycopg.AsyncConnection, port: int, staff_token: str,
                 started = time.perf_counter()
                 await ws.send(json.dumps({"op": "subscribe", "channel": "orders", **scope,
                                           "after": cursors[name], "batch": True}))
-                got = 0
-                while got < rows:
-                    text = await asyncio.wait_for(ws.recv(), 30)
-                    if text.startswith('{"type": "resync"'):
-                        raise RuntimeError(f"resync after {got} events: {text}")
-                    got += text.count('"op" : "update"')  # one per event
+                await _events(ws, rows, '"op" : "update"')
                 rates[name] = rows / (time.perf_counter() - started)
         return rates
     finally:
@@ -157,8 +142,19 @@ async def replay_rates(db: psycopg.AsyncConnection, port: int, staff_token: str,
                          (owner_id,))
 
 
+async def _events(ws: websockets.ClientConnection, rows: int, op_mark: str) -> None:
+    """Receive until `rows` events carrying `op_mark` came, batched or not (frames counted,
+    not decoded: the server's time, not this client's); a resync is an error."""
+    got = 0
+    while got < rows:
+        text = await asyncio.wait_for(ws.recv(), 30)
+        if text.startswith('{"type": "resync"'):
+            raise RuntimeError(f"resync after {got} events: {text}")
+        got += text.count(op_mark)  # one per event
+
+
 @contextlib.asynccontextmanager
-async def _orders_socket(port: int, token: str, scope: dict[str, str] | None
+async def _orders_socket(port: int, token: str, scope: dict[str, object] | None
                          ) -> AsyncIterator[websockets.ClientConnection]:
     """A socket of `token`'s, subscribed to orders with `scope` (None: not subscribed)."""
     async with websockets.connect(f"ws://127.0.0.1:{port}/ws", max_size=2**24, max_queue=None,

@@ -101,6 +101,54 @@ async def test_resume_never_crosses_owners(server, make_user, sql):
         await ws.assert_silent()
 
 
+async def test_resume_over_a_big_statement_with_moves_gives_each_owner_its_own(
+        server, make_user, sql):
+    """Both owners away while plain SQL inserts 2,400 orders, theirs alternating, and then
+    moves every fifth of alice's to bob: each resume reads the log for its owner, more than
+    a page of it. Alice gets her inserts and a delete for each order that left her, bob his
+    inserts and an insert for each that came to him; neither sees an order of the other's
+    that never was theirs, and nothing comes twice or out of seq order."""
+    alice, bob = make_user(), make_user()
+    cursors = {}
+    for user in (alice, bob):
+        async with open_socket(server, user) as ws:
+            await ws.subscribe_orders()
+            insert_order(sql, user.id, "MARK")
+            cursors[user.id] = (await ws.recv_type("order"))["cursor"]
+    rows = sql.execute(
+        "INSERT INTO orders (owner_id, instrument, quantity, price)"
+        " SELECT CASE WHEN g %% 2 = 0 THEN %s ELSE %s END, 'GAP', 1, g"
+        " FROM generate_series(1, 2400) g RETURNING id, owner_id",
+        (alice.id, bob.id)).fetchall()
+    moved = {r[0] for r in sql.execute(
+        "UPDATE orders SET owner_id = %s WHERE instrument = 'GAP' AND owner_id = %s"
+        " AND price::int %% 10 = 0 RETURNING id", (bob.id, alice.id)).fetchall()}
+    owned = {user.id: {i for i, owner in rows if owner == user.id} for user in (alice, bob)}
+    expected = {  # (op, order id) each owner should get, in seq order
+        alice.id: [("insert", i) for i in sorted(owned[alice.id])]
+        + [("delete", i) for i in sorted(moved)],
+        bob.id: [("insert", i) for i in sorted(owned[bob.id])]
+        + [("insert", i) for i in sorted(moved)],
+    }
+    assert len(moved) == 240
+    for user in (alice, bob):
+        async with open_socket(server, user) as ws:
+            await ws.subscribe_orders(after=cursors[user.id])
+            events = await collect(ws, len(expected[user.id]))
+            await ws.assert_silent()
+        seqs = [e["seq"] for e in events]
+        assert seqs == sorted(set(seqs)), f"user {user.id}: repeated or out of order"
+        got = [(e["op"], e["order"]["id"]) for e in events]
+        # The same events (within a statement the log keeps the statement's own order), the
+        # INSERT's before the UPDATE's.
+        assert sorted(got) == sorted(expected[user.id]), (
+            f"user {user.id}: {len(got)} events; unexpected"
+            f" {sorted(set(got) - set(expected[user.id]))[:5]}, missing"
+            f" {sorted(set(expected[user.id]) - set(got))[:5]}")
+        first_statement = len(owned[user.id])
+        assert {i for _, i in got[:first_statement]} == owned[user.id]
+
+
 async def test_staff_resume_covers_every_owner(server, make_user, sql):
     alice, bob, staff = make_user(), make_user(), make_user(staff=True)
     async with open_socket(server, staff) as ws:

@@ -174,29 +174,28 @@ class Hub:
             if old_owner is not None and old_owner != change.owner_id:
                 return False  # frame_for reshapes it per owner
             owners.add(change.owner_id)
-        reached = [subscribers for subscribers in map(by_owner.get, (ALL_OWNERS, *owners))
-                   if subscribers]
+        reached = {key: subscribers for key in (ALL_OWNERS, *owners)
+                   if (subscribers := by_owner.get(key))}
         # Who cannot take a page, before any frame is made (a subscriber rejoining from
         # the log stays AHEAD until the statement ends: every page of it comes here).
-        for subscribers in reached:
+        for subscribers in reached.values():
             for sub in subscribers:
                 if sub.mode is not _CURRENT and not sub.closing:
                     return False
         frames = [with_cursor(change.frame, cursor)
                   for change, cursor in zip(changes, cursors, strict=True)]
-        # One list of queue items per owner, shared by its subscribers (tuples: immutable).
+        # One list of queue items per owner reached, shared by its subscribers (tuples:
+        # immutable).
         everyone = [(frame, True) for frame in frames]
         owned: dict[OwnerKey, list[tuple[str, bool]]] = {ALL_OWNERS: everyone}
         if len(owners) == 1:
             owned[next(iter(owners))] = everyone
         else:
             for change, item in zip(changes, everyone, strict=True):
-                owned.setdefault(change.owner_id, []).append(item)
-        deliveries = []
-        for key, items in owned.items():
-            subscribers = by_owner.get(key)
-            if subscribers:
-                deliveries.append((subscribers, items, sum(len(frame) for frame, _ in items)))
+                if change.owner_id in reached:
+                    owned.setdefault(change.owner_id, []).append(item)
+        deliveries = [(reached[key], items, sum(len(frame) for frame, _ in items))
+                      for key, items in owned.items() if key in reached]
         for subscribers, items, size in deliveries:
             for sub in subscribers:
                 if not sub.closing and not sub.queue.fits_events(size, len(items)):
