@@ -116,15 +116,19 @@ async def replay_rates(db: psycopg.AsyncConnection, port: int, staff_token: str,
     readers = {"staff": (staff_token, {"owner": "*"}), "owner": (owner_token, {})}
     cursors = {}
     try:
+        marker = (await (await db.execute(
+            "SELECT min(id) FROM orders WHERE owner_id = %s AND instrument = 'REPLAY'",
+            (owner_id,))).fetchone())[0]
         for name, (token, scope) in readers.items():
             async with _orders_socket(port, token, scope) as ws:
-                await db.execute("UPDATE orders SET quantity = quantity + 1 WHERE id ="
-                                 " (SELECT min(id) FROM orders WHERE owner_id = %s"
-                                 "  AND instrument = 'REPLAY')", (owner_id,))
-                # The marker's own event: the INSERT's may still be on their way to staff.
-                while (event := json.loads(await asyncio.wait_for(ws.recv(), 30))).get(
-                        "op") != "update":
-                    pass
+                await db.execute("UPDATE orders SET quantity = quantity + 1 WHERE id = %s",
+                                 (marker,))
+                # The cursor of the marker's own event: earlier statements' events (this
+                # INSERT's, the batch scenario's) may still be on their way to staff.
+                while True:
+                    event = json.loads(await asyncio.wait_for(ws.recv(), 30))
+                    if event.get("op") == "update" and event["order"]["id"] == marker:
+                        break
                 cursors[name] = event["cursor"]
         await db.execute("UPDATE orders SET price = price + 1"
                          " WHERE owner_id = %s AND instrument = 'REPLAY'", (owner_id,))
