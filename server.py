@@ -379,6 +379,7 @@ def _serve(args: argparse.Namespace, settings: config.Settings, url: str) -> int
     import uvicorn
 
     from cli.logs import log_config
+    from web.protocols import protocol_options
 
     metrics_dir = None
 
@@ -396,11 +397,8 @@ def _serve(args: argparse.Namespace, settings: config.Settings, url: str) -> int
         "port": settings.port,
         "log_level": settings.log_level,
         "log_config": log_config(settings.log_level, settings.log_format),
-        "ws_max_size": 256 * 1024,
-        # Frames are small JSON sent at high rates on local networks: compressing each one
-        # cost more CPU than sending it (py-spy, a 100,000-row UPDATE to a staff session).
-        "ws_per_message_deflate": False,
         "timeout_graceful_shutdown": 5,
+        **protocol_options(),
     }
     # uvicorn re-raises the signal that stopped it once it is done; by then shutdown is
     # complete, so let that be a no-op and finish normally (stopping the embedded database).

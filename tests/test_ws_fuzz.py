@@ -38,7 +38,7 @@ from tests.conftest import ServerProcess, User, open_socket
 
 EXAMPLES = int(os.environ.get("WS_FUZZ_EXAMPLES", "800"))
 APP_LIMIT = 16 * 1024  # characters: web/ws.py MAX_MESSAGE_CHARS, answered with too_large
-TRANSPORT_LIMIT = 256 * 1024  # bytes: uvicorn's ws_max_size (server.py), closed with 1009
+TRANSPORT_LIMIT = 256 * 1024  # bytes: uvicorn's ws_max_size (web/protocols.py), closed with 1009
 MAX_VIOLATIONS = 20  # web/ws.py: refused frames beyond this close the socket (1008)
 # Messages a fresh socket may send at once (web/ws.py BURST is 60): a client reconnects
 # before using them up, so no fuzz frame is ever refused for rate.

@@ -207,15 +207,26 @@ class KeepRawSend:
     """ASGI middleware, outermost: keeps the server's own `send` in a WebSocket's scope. The
     sender writes event frames through it, past the middleware that wraps `send` for every
     message (sessions, authentication, exceptions) but only acts on HTTP responses: that
-    chain cost as much as the write itself (py-spy, 100,000 frames to one socket)."""
+    chain cost as much as the write itself (py-spy, 100,000 frames to one socket).
+
+    The server's `send` is a method of the connection's protocol, which holds the scope: in
+    the scope it closes a reference cycle, and a closed socket's protocol, scope, session and
+    headers (about 75 objects) would wait for a full garbage collection, which with 10,000
+    sockets open pauses the event loop for up to a second (`gc.callbacks`, `bench --only
+    sessions,batch`). Taken out again however the socket ends, they go with the socket."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "websocket":
-            scope[RAW_SEND] = send
-        await self.app(scope, receive, send)
+        if scope["type"] != "websocket":
+            await self.app(scope, receive, send)
+            return
+        scope[RAW_SEND] = send
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            scope.pop(RAW_SEND, None)
 
 
 async def _send_loop(websocket: WebSocket, sub: Subscriber, hub: Hub) -> None:

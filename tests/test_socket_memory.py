@@ -1,0 +1,141 @@
+"""A socket's objects on the server go when it does, by reference counting: none wait for
+the cyclic garbage collector, whose full pass with 10,000 sockets open stalls every socket
+for up to a second (docs/benchmarks.md, "Garbage").
+
+The app runs in this process, on a real port, with the protocol options server.py gives
+uvicorn, so the test can look at the server's own objects. The collector is off while it
+looks: an object that only a collection would free is still there to be found."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+import websockets
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+
+from config import load_settings
+from tests.conftest import LocalAddress, Socket, User, free_port
+from web.app import create_app
+from web.protocols import protocol_options
+from web.subscriber import Subscriber
+
+SOCKETS_PER_USER = 3
+# The server's objects of one connection: the HTTP protocol that read its first request,
+# the WebSocket protocol it became, and the hub's registration.
+SERVER_SIDE = (HttpToolsProtocol, WebSocketsSansIOProtocol, Subscriber)
+
+
+@dataclass
+class InProcess(LocalAddress):
+    port: int
+
+
+def _alive(kind: type | tuple[type, ...] = SERVER_SIDE) -> list[Any]:
+    # type(), not isinstance(): a dead weak proxy among the objects raises on the latter.
+    return [o for o in gc.get_objects() if issubclass(type(o), kind)]
+
+
+async def _until_gone(timeout: float = 5.0) -> list[Any]:
+    """Wait for the server to finish with its closed sockets: what of theirs is left."""
+    deadline = time.monotonic() + timeout
+    while (left := _alive()) and time.monotonic() < deadline:
+        del left
+        await asyncio.sleep(0.02)
+    return _alive()
+
+
+@pytest.fixture
+def collector_off() -> Iterator[None]:
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+        gc.collect()
+
+
+@pytest.fixture
+async def in_process(db_url: str, tmp_path: Path) -> AsyncIterator[InProcess]:
+    settings = load_settings(environ={
+        "ORDERSTREAM_DATA_DIR": str(tmp_path),
+        "ORDERSTREAM_MAX_SOCKETS_PER_USER": str(SOCKETS_PER_USER),
+    })
+    address = InProcess(free_port())
+    server = uvicorn.Server(uvicorn.Config(
+        create_app(settings, db_url), host="127.0.0.1", port=address.port,
+        log_config=None, log_level="warning", **protocol_options()))
+    serving = asyncio.create_task(server.serve())
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert not serving.done(), "the in-process server stopped"
+        assert time.monotonic() < deadline, "the in-process server did not start"
+        await asyncio.sleep(0.02)
+    try:
+        yield address
+    finally:
+        server.should_exit = True
+        await serving
+
+
+@contextlib.asynccontextmanager
+async def _subscribed(address: InProcess, user: User) -> AsyncIterator[Socket]:
+    async with websockets.connect(address.ws_url, additional_headers=user.auth,
+                                  open_timeout=5) as conn:
+        socket = Socket(conn)
+        await socket.subscribe_orders()
+        yield socket
+
+
+async def test_an_open_socket_keeps_no_http_protocol(
+        in_process: InProcess, make_user: Any, collector_off: None) -> None:
+    user = make_user()
+    async with _subscribed(in_process, user), _subscribed(in_process, user):
+        # Proof the look can fail: the open sockets' own objects are found.
+        assert len(_alive(WebSocketsSansIOProtocol)) == 2
+        assert len(_alive(Subscriber)) == 2
+        # The HTTP protocol that read each upgrade request is gone once it handed over.
+        assert _alive(HttpToolsProtocol) == []
+
+
+async def test_closed_sockets_leave_nothing_for_the_collector(
+        in_process: InProcess, make_user: Any, collector_off: None) -> None:
+    user, other = make_user(), make_user()
+    # The client closes.
+    async with _subscribed(in_process, user):
+        pass
+    # The client's connection drops without a close.
+    async with _subscribed(in_process, user) as socket:
+        socket.conn.transport.abort()
+    # The server closes: one socket past the user's limit.
+    async with contextlib.AsyncExitStack() as stack:
+        for _ in range(SOCKETS_PER_USER):
+            await stack.enter_async_context(_subscribed(in_process, other))
+        async with websockets.connect(in_process.ws_url, additional_headers=other.auth,
+                                      open_timeout=5) as conn:
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                await asyncio.wait_for(conn.recv(), 5)
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 4429
+    # The server refuses the handshake.
+    with pytest.raises(websockets.InvalidStatus):
+        await websockets.connect(in_process.ws_url,
+                                 additional_headers={"Authorization": "Bearer nope"},
+                                 open_timeout=5)
+    # Plain HTTP on a kept-alive connection.
+    async with httpx.AsyncClient(base_url=in_process.base_url, headers=user.auth) as client:
+        assert (await client.get("/api/orders")).status_code == 200
+        assert (await client.post("/api/orders", json={})).status_code == 422
+
+    left = await _until_gone()
+    assert left == [], f"kept for the garbage collector: {[type(o).__name__ for o in left]}"
