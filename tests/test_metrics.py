@@ -53,6 +53,22 @@ async def test_metrics_count_events_frames_latency_and_the_process(
     assert families["process_resident_memory_bytes"]["process_resident_memory_bytes"] > 0
 
 
+async def test_metrics_time_the_garbage_collector(own_server: ServerProcess,
+                                                  make_user) -> None:
+    user: User = make_user()
+    async with contextlib.AsyncExitStack() as stack:
+        # Objects that stay (each socket keeps about 190) are what makes the collector run:
+        # 700 more than it has freed start a pass of the youngest generation.
+        for _ in range(10):
+            ws = await stack.enter_async_context(open_socket(own_server, user))
+            await ws.subscribe_orders()
+        pauses = (await _families(own_server))["orderstream_gc_pause_seconds"]
+    assert pauses["orderstream_gc_pause_seconds_count{generation=0}"] >= 1
+    assert 0 < pauses["orderstream_gc_pause_seconds_sum{generation=0}"] < 5
+    for generation in "12":  # a series from the start, even before its first pass
+        assert f"orderstream_gc_pause_seconds_count{{generation={generation}}}" in pauses
+
+
 async def _wait_for(server: ServerProcess, family: str, sample: str, want: float,
                     timeout: float = 8.0) -> float:
     """Scrapes until `sample` reaches `want`: under --workers the other worker's counters

@@ -42,7 +42,13 @@ from web.errors import (
 )
 from web.frame_writer import Flusher
 from web.hub import Hub
-from web.metrics import CounterSync, CountRefusals, counter_sync, mark_process_dead
+from web.metrics import (
+    CounterSync,
+    CountRefusals,
+    GcTimer,
+    counter_sync,
+    mark_process_dead,
+)
 from web.passwords import Passwords
 from web.shutdown import close_sockets_on_signal
 from web.throttle import LoginThrottle
@@ -144,6 +150,7 @@ def create_app(settings: config.Settings, database_url: str) -> Starlette:
             metrics = counter_sync(hub, listener)
             syncer = asyncio.create_task(metrics.run(), name="metrics")
             stack.callback(syncer.cancel)
+            stack.enter_context(GcTimer().installed())
             # Under --workers: this worker's live gauges leave the sums when it stops.
             stack.callback(mark_process_dead, os.getpid())
             yield State(
