@@ -31,6 +31,7 @@ from db.pool import ApiPool, PoolBusy, create_pool
 from web import api, openapi, ops, pages, quotes_api, tokens_api, users_api, ws
 from web.auth import TokenOrSessionBackend, load_user
 from web.body import BodyLimit
+from web.collector import GcTimer, startup_heap_frozen
 from web.errors import (
     ApiError,
     api_error_handler,
@@ -42,13 +43,7 @@ from web.errors import (
 )
 from web.frame_writer import Flusher
 from web.hub import Hub
-from web.metrics import (
-    CounterSync,
-    CountRefusals,
-    GcTimer,
-    counter_sync,
-    mark_process_dead,
-)
+from web.metrics import CounterSync, CountRefusals, counter_sync, mark_process_dead
 from web.passwords import Passwords
 from web.shutdown import close_sockets_on_signal
 from web.throttle import LoginThrottle
@@ -150,10 +145,9 @@ def create_app(settings: config.Settings, database_url: str) -> Starlette:
             metrics = counter_sync(hub, listener)
             syncer = asyncio.create_task(metrics.run(), name="metrics")
             stack.callback(syncer.cancel)
-            stack.enter_context(GcTimer().installed())
             # Under --workers: this worker's live gauges leave the sums when it stops.
             stack.callback(mark_process_dead, os.getpid())
-            yield State(
+            state = State(
                 settings=settings,
                 pool=pool,
                 hub=hub,
@@ -164,6 +158,9 @@ def create_app(settings: config.Settings, database_url: str) -> Starlette:
                 login_throttle=LoginThrottle(settings.login_max_failures),
                 metrics=metrics,
             )
+            stack.enter_context(GcTimer().installed())
+            stack.enter_context(startup_heap_frozen())
+            yield state
 
     secret = config.secret_key(settings)
     login_manager = LoginManager(redirect_to="/login", secret_key=secret,

@@ -4,11 +4,9 @@ process metrics, exposed through prometheus-client (multiprocess mode under `--w
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import gc
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from prometheus_client import (
@@ -86,28 +84,6 @@ GC_PAUSES = Histogram(
     ["generation"],
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
-
-
-class GcTimer:
-    """Times the garbage collector's passes into GC_PAUSES, as a `gc.callbacks` entry."""
-
-    def __init__(self) -> None:
-        self._generations = [GC_PAUSES.labels(str(generation)) for generation in range(3)]
-        self._started = 0.0
-
-    def __call__(self, phase: str, info: dict[str, int]) -> None:
-        if phase == "start":
-            self._started = time.perf_counter()
-        else:
-            self._generations[info["generation"]].observe(time.perf_counter() - self._started)
-
-    @contextlib.contextmanager
-    def installed(self) -> Iterator[None]:
-        gc.callbacks.append(self)
-        try:
-            yield
-        finally:
-            gc.callbacks.remove(self)
 
 
 # The answers that turn a request away, by status: 413 (body too large), 429 (throttled),
