@@ -142,7 +142,8 @@ def create_app(settings: config.Settings, database_url: str) -> Starlette:
                 upkeep(pool, settings.change_log_retention_hours * 3600, SESSION_MAX_AGE),
                 name="upkeep")
             stack.callback(pruner.cancel)
-            metrics = counter_sync(hub, listener)
+            gc_timer = GcTimer()
+            metrics = counter_sync(hub, listener, gc_timer.flush)
             syncer = asyncio.create_task(metrics.run(), name="metrics")
             stack.callback(syncer.cancel)
             # Under --workers: this worker's live gauges leave the sums when it stops.
@@ -158,8 +159,9 @@ def create_app(settings: config.Settings, database_url: str) -> Starlette:
                 login_throttle=LoginThrottle(settings.login_max_failures),
                 metrics=metrics,
             )
-            stack.enter_context(GcTimer().installed())
             stack.enter_context(startup_heap_frozen())
+            # After the freeze's own full pass, which stops no socket: none is open yet.
+            stack.enter_context(gc_timer.installed())
             yield state
 
     secret = config.secret_key(settings)

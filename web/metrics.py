@@ -143,10 +143,12 @@ class CounterSync:
     write in multiprocess mode); this adds what changed since the last sync."""
 
     def __init__(self, read: Callable[[], dict[str, int]], sessions: Callable[[], int],
-                 listening: Callable[[], bool]) -> None:
+                 listening: Callable[[], bool],
+                 also: Callable[[], None] = lambda: None) -> None:
         self._read = read
         self._sessions = sessions
         self._listening = listening
+        self._also = also  # more to carry over on each sync (web/collector.py)
         self._last: dict[str, int] = {}
 
     def sync(self) -> None:
@@ -157,6 +159,7 @@ class CounterSync:
             self._last[key] = value
         SESSIONS.set(self._sessions())
         LISTENING.set(1 if self._listening() else 0)
+        self._also()
 
     async def run(self, interval: float = 1.0) -> None:
         while True:
@@ -164,8 +167,9 @@ class CounterSync:
             await asyncio.sleep(interval)
 
 
-def counter_sync(hub: Hub, listener: Listener) -> CounterSync:
-    """A CounterSync for this process's hub and listener."""
+def counter_sync(hub: Hub, listener: Listener,
+                 also: Callable[[], None] = lambda: None) -> CounterSync:
+    """A CounterSync for this process's hub and listener (and `also`, called each sync)."""
     counters = hub.counters
 
     def read() -> dict[str, int]:
@@ -174,7 +178,7 @@ def counter_sync(hub: Hub, listener: Listener) -> CounterSync:
         values.update({key: getattr(listener, key) for key in _LISTENER_COUNTERS})
         return values
 
-    return CounterSync(read, lambda: len(hub.subscribers), listener.listening.is_set)
+    return CounterSync(read, lambda: len(hub.subscribers), listener.listening.is_set, also)
 
 
 def exposition() -> tuple[bytes, str]:
