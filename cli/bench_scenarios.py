@@ -10,7 +10,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
 import psycopg
+from prometheus_client.parser import text_string_to_metric_families
 
 import config
 from cli import bench_fanout
@@ -159,6 +161,27 @@ def _fanout(bench: Bench) -> None:
                          held["orderstream"] >= max(50_000, held["naive"]))
 
 
+def _full_passes(port: int) -> tuple[float, float, float]:
+    """The server's full garbage-collector passes so far, from its /metrics: how many, their
+    seconds in all, and how many took over a quarter of a second (docs/benchmarks.md,
+    "Garbage"). The server hands passes to its metrics within a second."""
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    count = total = quick = 0.0
+    for family in text_string_to_metric_families(text):
+        if family.name != "orderstream_gc_pause_seconds":
+            continue
+        for sample in family.samples:
+            if sample.labels.get("generation") != "2":
+                continue
+            if sample.name.endswith("_count"):
+                count = sample.value
+            elif sample.name.endswith("_sum"):
+                total = sample.value
+            elif sample.name.endswith("_bucket") and sample.labels.get("le") == "0.25":
+                quick = sample.value  # buckets count the passes up to their bound
+    return count, total, count - quick
+
+
 def _sessions(bench: Bench) -> None:
     count = bench.sizes.scale_sessions
     many = [Target(f"ws://127.0.0.1:{bench.port}/ws", {"Authorization": f"Bearer {token}"},
@@ -170,8 +193,13 @@ def _sessions(bench: Bench) -> None:
         # Issue 8's setup: the sessions split between the owners, one update per owner per
         # second, so each update is a burst to half the sessions. The same lean clients as
         # `bench --fanout --scale-sessions`.
+        passes_before = _full_passes(bench.port)
         result = run_sessions(db, ours, many, seconds, processes=4, interval=1.0 / OWNERS)
-    data = _step(result, seconds) | {"sessions": len(many), "seconds": seconds}
+        passes = [after - before
+                  for after, before in zip(_full_passes(bench.port), passes_before, strict=True)]
+    data = _step(result, seconds) | {"sessions": len(many), "seconds": seconds,
+                                     "full_gc_passes": passes[0], "full_gc_seconds": passes[1],
+                                     "full_gc_passes_over_250ms": passes[2]}
     bench.results.record("sessions", data)
     if len(many) < GOAL_SESSIONS:
         bench.results.figure("sessions", f"ran {len(many):,} sessions, not issue 8's "
@@ -187,6 +215,9 @@ def _sessions(bench: Bench) -> None:
                          result.rss <= 2**30)
     bench.results.figure("sessions", "server CPU per frame",
                          f"{result.cpu_us_per_frame:.1f} us")
+    # Each full pass stops every socket; most come while the sessions open.
+    bench.results.figure("sessions", "server's full GC passes, seconds in all (over 0.25 s)",
+                         f"{passes[0]:.0f}, {passes[1]:.2f} s ({passes[2]:.0f})")
 
 
 # -- big statements and recovery -----------------------------------------------------------
