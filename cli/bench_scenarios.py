@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
 import psycopg
@@ -161,12 +161,22 @@ def _fanout(bench: Bench) -> None:
                          held["orderstream"] >= max(50_000, held["naive"]))
 
 
-def _full_passes(port: int) -> tuple[float, float, float]:
-    """The server's full garbage-collector passes so far, from its /metrics: how many, their
-    seconds in all, and how many took over a quarter of a second (docs/benchmarks.md,
-    "Garbage"). The server hands passes to its metrics within a second."""
+class FullPasses(NamedTuple):
+    """The server's full garbage-collector passes: how many, their seconds in all, and how
+    many took over a quarter of a second (docs/benchmarks.md, "Garbage")."""
+
+    count: float
+    seconds: float
+    over_quarter: float
+
+    def __sub__(self, earlier: FullPasses) -> FullPasses:
+        return FullPasses(*(a - b for a, b in zip(self, earlier, strict=True)))
+
+
+def _full_passes(port: int) -> FullPasses:
+    """The server's full passes so far, from its /metrics (which gets them within a second)."""
     text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
-    count = total = quick = 0.0
+    count = seconds = quick = 0.0
     for family in text_string_to_metric_families(text):
         if family.name != "orderstream_gc_pause_seconds":
             continue
@@ -176,10 +186,10 @@ def _full_passes(port: int) -> tuple[float, float, float]:
             if sample.name.endswith("_count"):
                 count = sample.value
             elif sample.name.endswith("_sum"):
-                total = sample.value
+                seconds = sample.value
             elif sample.name.endswith("_bucket") and sample.labels.get("le") == "0.25":
                 quick = sample.value  # buckets count the passes up to their bound
-    return count, total, count - quick
+    return FullPasses(count, seconds, count - quick)
 
 
 def _sessions(bench: Bench) -> None:
@@ -195,11 +205,11 @@ def _sessions(bench: Bench) -> None:
         # `bench --fanout --scale-sessions`.
         passes_before = _full_passes(bench.port)
         result = run_sessions(db, ours, many, seconds, processes=4, interval=1.0 / OWNERS)
-        passes = [after - before
-                  for after, before in zip(_full_passes(bench.port), passes_before, strict=True)]
+        passes = _full_passes(bench.port) - passes_before
     data = _step(result, seconds) | {"sessions": len(many), "seconds": seconds,
-                                     "full_gc_passes": passes[0], "full_gc_seconds": passes[1],
-                                     "full_gc_passes_over_250ms": passes[2]}
+                                     "full_gc_passes": passes.count,
+                                     "full_gc_seconds": passes.seconds,
+                                     "full_gc_passes_over_250ms": passes.over_quarter}
     bench.results.record("sessions", data)
     if len(many) < GOAL_SESSIONS:
         bench.results.figure("sessions", f"ran {len(many):,} sessions, not issue 8's "
@@ -217,7 +227,8 @@ def _sessions(bench: Bench) -> None:
                          f"{result.cpu_us_per_frame:.1f} us")
     # Each full pass stops every socket; most come while the sessions open.
     bench.results.figure("sessions", "server's full GC passes, seconds in all (over 0.25 s)",
-                         f"{passes[0]:.0f}, {passes[1]:.2f} s ({passes[2]:.0f})")
+                         f"{passes.count:.0f}, {passes.seconds:.2f} s"
+                         f" ({passes.over_quarter:.0f})")
 
 
 # -- big statements and recovery -----------------------------------------------------------

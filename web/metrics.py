@@ -74,9 +74,7 @@ DELIVERY = Histogram(
     buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 
-# Each pass of Python's cyclic garbage collector stops the event loop, and every socket with
-# it: a full pass (generation 2) takes about 0.5 us per object, 0.9 s with 10,000 sockets
-# open on the 2-CPU bench machine (docs/benchmarks.md, "Garbage").
+# Observed by web/collector.py's GcTimer, which says why these pauses matter.
 GC_PAUSES = Histogram(
     "orderstream_gc_pause_seconds",
     "Passes of the garbage collector, which stop every socket of the process while they run,"
