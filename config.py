@@ -45,6 +45,7 @@ class Settings:
     login_max_failures: int = 10
     password_hash_concurrency: int = 0
     max_sockets_per_user: int = 50
+    ws_compress_min_bytes: int = 4096
     log_level: str = "info"
     log_format: str = "text"
 

@@ -149,6 +149,9 @@ def _check(settings: config.Settings) -> None:
         raise config.SettingsError(f"setting 'port': must be 1-65535, got {settings.port}")
     if settings.workers < 1:
         raise config.SettingsError(f"setting 'workers': must be 1 or more, got {settings.workers}")
+    if settings.ws_compress_min_bytes < 0:
+        raise config.SettingsError("setting 'ws_compress_min_bytes': must be 0 (never compress)"
+                                   f" or more, got {settings.ws_compress_min_bytes}")
 
 
 def _fail(message: str, code: int = 2) -> int:

@@ -45,6 +45,7 @@ from web.frame_writer import Flusher
 from web.hub import Hub
 from web.metrics import CounterSync, CountRefusals, counter_sync, mark_process_dead
 from web.passwords import Passwords
+from web.protocols import LargeFrameDeflateFactory, deflate_factory
 from web.shutdown import close_sockets_on_signal
 from web.throttle import LoginThrottle
 
@@ -112,6 +113,8 @@ class State(TypedDict):
     passwords: Passwords
     login_throttle: LoginThrottle
     metrics: CounterSync
+    # What /ws offers clients that ask for compression (web/protocols.py; None: nothing).
+    deflate: LargeFrameDeflateFactory | None
 
 
 def create_app(settings: config.Settings, database_url: str) -> Starlette:
@@ -158,6 +161,7 @@ def create_app(settings: config.Settings, database_url: str) -> Starlette:
                                     settings.password_hash_concurrency),
                 login_throttle=LoginThrottle(settings.login_max_failures),
                 metrics=metrics,
+                deflate=deflate_factory(settings.ws_compress_min_bytes),
             )
             stack.enter_context(startup_heap_frozen())
             # After the freeze's own full pass, which stops no socket: none is open yet.

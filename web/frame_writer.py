@@ -10,7 +10,9 @@ Two ways in:
   runs, after the burst, so no task wakes per socket per event (py-spy, 10,000 sessions:
   the wake-up, `Event.set` to the sender's next `get_events`, was a third of the server).
 
-Anywhere else (another server, permessage-deflate), one ASGI send per frame, no offers.
+With permessage-deflate negotiated (web/protocols.py), frames below its size still go this
+way, uncompressed; bigger ones go through uvicorn's send, which compresses them. Anywhere
+else (another server, another extension), one ASGI send per frame, no offers.
 """
 
 from __future__ import annotations
@@ -21,8 +23,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from web.metrics import SAMPLER
+from web.protocols import LargeFrameDeflate
 from web.subscriber import Counters
-from web.wire import text_frame
+from web.wire import payload_size, text_frame
 
 try:
     from uvicorn.protocols.utils import ClientDisconnected
@@ -73,12 +76,18 @@ class FrameWriter:
                  counters: Counters | None = None) -> None:
         self._send = send
         protocol = getattr(send, "__self__", None)
-        # What this relies on of uvicorn's protocol: without any of it, plain sends. With an
-        # extension (permessage-deflate) each socket's bytes differ: plain sends too.
+        # What this relies on of uvicorn's protocol: without any of it, plain sends.
         usable = (WebSocketsSansIOProtocol is not None
                   and isinstance(protocol, WebSocketsSansIOProtocol)
-                  and all(hasattr(protocol, name) for name in _PROTOCOL_ATTRIBUTES)
-                  and not getattr(protocol.conn, "extensions", True))
+                  and all(hasattr(protocol, name) for name in _PROTOCOL_ATTRIBUTES))
+        extensions = getattr(protocol.conn, "extensions", None) if usable else None
+        # Frames of this many bytes or more are compressed, so they go through uvicorn's
+        # send; None: none is. Any other extension changes every frame's bytes: plain sends.
+        self._compress_from: int | None = None
+        if extensions and len(extensions) == 1 and isinstance(extensions[0], LargeFrameDeflate):
+            self._compress_from = extensions[0].compress_from
+        elif extensions is None or extensions:
+            usable = False
         self._protocol = protocol if usable else None
         self._flusher = flusher if usable else None
         self._counters = counters if counters is not None else Counters()
@@ -105,6 +114,8 @@ class FrameWriter:
         if flusher is None:
             return False
         data = text_frame(frame)
+        if self._compress_from is not None and payload_size(data) >= self._compress_from:
+            return False  # the sender sends it, compressed
         if not self._pending:
             flusher.add(self)
         self._pending.append(data)
@@ -138,6 +149,25 @@ class FrameWriter:
             for frame in frames:
                 await self._send({"type": "websocket.send", "text": frame})
             return
+        compress_from = self._compress_from
+        if compress_from is None:
+            await self._write_raw(frames)
+            return
+        # In order: each run of small frames in one write, each big one compressed.
+        run: list[str] = []
+        for frame in frames:
+            if len(frame) < compress_from and payload_size(text_frame(frame)) < compress_from:
+                run.append(frame)
+                continue
+            if run:
+                await self._write_raw(run)
+                run = []
+            await self._send({"type": "websocket.send", "text": frame})
+        if run:
+            await self._write_raw(run)
+
+    async def _write_raw(self, frames: list[str]) -> None:
+        protocol = self._protocol
         # What uvicorn's send() does for one frame (wait while the transport is paused,
         # refuse once disconnected), then every frame into one buffer.
         await protocol.writable.wait()

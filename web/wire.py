@@ -29,3 +29,11 @@ def text_frame(text: str) -> bytes:
     frame = header + payload
     _last_text, _last_frame = text, frame
     return frame
+
+
+def payload_size(frame: bytes) -> int:
+    """The payload's length in bytes of a frame `text_frame` made."""
+    size = frame[1]
+    if size < 126:
+        return size
+    return len(frame) - (4 if size == 126 else 10)
