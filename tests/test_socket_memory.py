@@ -14,6 +14,7 @@ import contextlib
 import gc
 import socket
 import time
+import types
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,6 +126,23 @@ async def test_an_open_socket_keeps_no_http_protocol(
         assert len(_alive(Subscriber)) == 2
         # The HTTP protocol that read each upgrade request is gone once it handed over.
         assert _alive(HttpToolsProtocol) == []
+
+
+async def test_an_open_socket_keeps_neither_middleware_nor_handshake(
+        in_process: InProcess, make_user: Any, collector_off: None) -> None:
+    """Once accepted, a socket's conversation runs outside the middleware chain (web/ws.py,
+    run_socket), and its protocol lets go of the handshake's request and response: none of
+    it is left for each full pass of the collector to read."""
+    def coroutines_of(path: str) -> list[str]:
+        return [o.cr_code.co_qualname for o in gc.get_objects()
+                if type(o) is types.CoroutineType and path in o.cr_code.co_filename]
+
+    user = make_user()
+    async with _subscribed(in_process, user), _subscribed(in_process, user):
+        # Proof the look can fail: the conversations' own coroutines are found.
+        assert coroutines_of("web/ws.py").count("_converse") == 2
+        assert coroutines_of("starlette") == ["WebSocket.receive", "WebSocket.receive"]
+        assert [o for o in _alive(WebSocketsSansIOProtocol) if o.request or o.response] == []
 
 
 async def test_closed_sockets_leave_nothing_for_the_collector(

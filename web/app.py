@@ -99,6 +99,17 @@ class Sessions:
         await (self.secure if https else self.plain)(scope, receive, send)
 
 
+class App(Starlette):
+    """Starlette, but a WebSocket's conversation runs outside the middleware once the
+    handshake is through it (web/ws.py, run_socket)."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            await ws.run_socket(super().__call__, scope, receive, send)
+        else:
+            await super().__call__(scope, receive, send)
+
+
 class State(TypedDict):
     """What the lifespan shares with every request (as request.state.<name>). A TypedDict,
     as in Starlette's docs: Starlette copies the lifespan's mapping into each request's
@@ -185,7 +196,6 @@ def create_app(settings: config.Settings, database_url: str) -> Starlette:
         Mount("/static", app=StaticFiles(directory=str(STATIC_DIR)), name="static"),
     ]
     middleware = [
-        Middleware(ws.KeepRawSend),
         Middleware(CountRefusals),
         Middleware(SecurityHeaders),
         Middleware(BodyLimit),  # before sessions and auth: a 413 costs no database query
@@ -202,8 +212,8 @@ def create_app(settings: config.Settings, database_url: str) -> Starlette:
         **{kind: unreachable_handler for kind in CONNECTION_ERRORS},
         Exception: unexpected_error_handler,
     }
-    app = Starlette(routes=routes, middleware=middleware,
-                    exception_handlers=exception_handlers,  # type: ignore[arg-type]
-                    lifespan=lifespan)
+    app = App(routes=routes, middleware=middleware,
+              exception_handlers=exception_handlers,  # type: ignore[arg-type]
+              lifespan=lifespan)
     app.state.login_manager = login_manager
     return app

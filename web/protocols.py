@@ -100,12 +100,14 @@ DEFLATE_STATE = "deflate"
 
 
 if WebSocketsSansIOProtocol is not None:
-    class DeflatingWebSocketProtocol(WebSocketsSansIOProtocol):  # type: ignore[misc,valid-type]
-        """uvicorn's WebSocket protocol, offering the app's `LargeFrameDeflateFactory`.
+    class WebSocketProtocol(WebSocketsSansIOProtocol):  # type: ignore[misc,valid-type]
+        """uvicorn's WebSocket protocol, offering the app's `LargeFrameDeflateFactory` and
+        letting go of the handshake once it is done.
 
-        uvicorn's own option compresses every message, a live event to 5,000 sockets 5,000
-        times: the factory comes from the app's settings instead, through the lifespan
-        state uvicorn hands every connection (so each --workers process uses its own)."""
+        uvicorn's own compression option compresses every message, a live event to 5,000
+        sockets 5,000 times: the factory comes from the app's settings instead, through
+        the lifespan state uvicorn hands every connection (so each --workers process uses
+        its own)."""
 
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
@@ -113,13 +115,20 @@ if WebSocketsSansIOProtocol is not None:
             if factory is not None:
                 self.conn.available_extensions = [factory]
 
+        def start_keepalive(self) -> None:
+            # uvicorn calls this once, when the accepted handshake's response is out; the
+            # request and response it kept for it (their headers: about 20 objects per
+            # socket for every full pass of the garbage collector) are of no further use.
+            super().start_keepalive()
+            self.request = self.response = None
+
 
 def protocol_options() -> dict[str, Any]:
     """uvicorn's keyword arguments for how it speaks HTTP and WebSocket here."""
     return {
         "http": ReleasingHttpToolsProtocol if HttpToolsProtocol is not None else "auto",
-        "ws": DeflatingWebSocketProtocol if WebSocketsSansIOProtocol is not None else "auto",
+        "ws": WebSocketProtocol if WebSocketsSansIOProtocol is not None else "auto",
         "ws_max_size": WS_MAX_SIZE,
-        # Never uvicorn's own compression (every message): DeflatingWebSocketProtocol's.
+        # Never uvicorn's own compression (every message): WebSocketProtocol's.
         "ws_per_message_deflate": False,
     }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -14,13 +15,13 @@ from urllib.parse import urlsplit
 import asyncpg
 from starlette.routing import WebSocketRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
-from starlette.websockets import WebSocket, WebSocketDisconnect
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from db.failures import CONNECTION_ERRORS
 from db.position import CursorError, Position
 from web import quotes
 from web.admission import TOO_MANY_SOCKETS, deny, too_many_sockets
-from web.auth import auth_failure, current_user
+from web.auth import WebUser, auth_failure, current_user
 from web.errors import failure_error
 from web.frame_writer import FrameWriter
 from web.frames import ALL_OWNERS, OwnerKey
@@ -31,7 +32,8 @@ from web.subscriber import CLOSE, Mode, Subscriber
 
 log = logging.getLogger(__name__)
 
-RAW_SEND = "orderstream.raw_send"
+# Where the endpoint leaves what follows an accepted handshake, for run_socket.
+CONVERSATION = "orderstream.conversation"
 MAX_MESSAGE_CHARS = 16 * 1024
 # Events packed into one `batch` frame at most (for subscriptions with "batch": true).
 MAX_BATCH = 500
@@ -203,35 +205,28 @@ class Protocol:
         self.reply(_frame(type="unsubscribed", channel=channel))
 
 
-class KeepRawSend:
-    """ASGI middleware, outermost: keeps the server's own `send` in a WebSocket's scope. The
-    sender writes event frames through it, past the middleware that wraps `send` for every
-    message (sessions, authentication, exceptions) but only acts on HTTP responses: that
-    chain cost as much as the write itself (py-spy, 100,000 frames to one socket).
+async def run_socket(chain: ASGIApp, scope: Scope, receive: Receive, send: Send) -> None:
+    """Run a WebSocket through `chain` (every middleware, the router, the endpoint) for its
+    handshake, then its conversation, which the endpoint leaves in the scope, outside it.
 
-    The server's `send` is a method of the connection's protocol, which holds the scope: in
-    the scope it closes a reference cycle, and a closed socket's protocol, scope, session and
-    headers (about 75 objects) would wait for a full garbage collection, which with 10,000
-    sockets open pauses the event loop for up to a second (`gc.callbacks`, `bench --only
-    sessions,batch`). Taken out again however the socket ends, they go with the socket."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "websocket":
-            await self.app(scope, receive, send)
-            return
-        scope[RAW_SEND] = send
-        try:
-            await self.app(scope, receive, send)
-        finally:
-            scope.pop(RAW_SEND, None)
+    Each middleware layer is a coroutine suspended for as long as its app runs, with the
+    closures it wraps `send` in: about 60 objects per socket that every full pass of the
+    garbage collector reads, a second's pause with 10,000 sockets open (docs/benchmarks.md,
+    "Garbage"). They only act on HTTP responses and on the handshake (sessions,
+    authentication, refusals), so once the socket is accepted the conversation needs none
+    of them; it gets the server's own `receive` and `send`, and frames take no detour."""
+    try:
+        await chain(scope, receive, send)
+    finally:
+        conversation = scope.pop(CONVERSATION, None)  # it holds the scope: no cycle left
+    if conversation is not None:
+        await conversation(receive, send)
 
 
-async def _send_loop(websocket: WebSocket, sub: Subscriber, hub: Hub) -> None:
+async def _send_loop(websocket: WebSocket, sub: Subscriber, hub: Hub, send: Send) -> None:
+    """Write what the queue holds through `send`, the server's own (a method of its protocol:
+    FrameWriter writes past it where it can)."""
     counters = hub.counters
-    send = websocket.scope.get(RAW_SEND, websocket.send)
     sub.queue.quote_gate = quotes.pipe_gate(send)
     writer = FrameWriter(send, websocket.state.flusher, counters)
     if writer.takes_offers:  # live events skip the queue while it is empty
@@ -276,6 +271,13 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
         return
     # Never the bearer.<token> subprotocol: the answer must not carry the secret.
     await websocket.accept(subprotocol=chosen_subprotocol(websocket.scope))
+    websocket.scope[CONVERSATION] = functools.partial(_accepted, websocket.scope, user)
+
+
+async def _accepted(scope: Scope, user: WebUser, receive: Receive, send: Send) -> None:
+    """An accepted socket's life, run by run_socket on the server's own receive and send."""
+    websocket = WebSocket(scope, receive, send)
+    websocket.client_state = websocket.application_state = WebSocketState.CONNECTED
     hub: Hub = websocket.state.hub
     async with hub.subscriber(user.id, user.is_staff, user.token_id, user.session_id) as sub:
         # Counted once registered, with no await in between: concurrent handshakes of one
@@ -285,12 +287,13 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
             await websocket.close(code=TOO_MANY_SOCKETS,
                                   reason=f"at most {limit} open sockets per user")
             return
-        await _converse(websocket, sub, hub, user.id)
+        await _converse(websocket, sub, hub, user.id, send)
 
 
-async def _converse(websocket: WebSocket, sub: Subscriber, hub: Hub, user_id: int) -> None:
+async def _converse(websocket: WebSocket, sub: Subscriber, hub: Hub, user_id: int,
+                    send: Send) -> None:
     protocol = Protocol(websocket, sub)
-    sender = asyncio.create_task(_send_loop(websocket, sub, hub), name=f"ws-send-{user_id}")
+    sender = asyncio.create_task(_send_loop(websocket, sub, hub, send), name=f"ws-send-{user_id}")
     limit = _RateLimit()
     violations = 0
     try:
