@@ -25,7 +25,7 @@ from websockets.extensions.permessage_deflate import (
 from websockets.frames import Frame, Opcode
 from websockets.typing import ExtensionParameter
 
-from tests.conftest import ROOT, ServerProcess, Socket, User, running_server
+from tests.conftest import ROOT, ServerProcess, Socket, User, insert_order, running_server
 from tests.test_socket_memory import _serving
 from web.frame_writer import FrameWriter
 from web.protocols import LargeFrameDeflateFactory
@@ -128,6 +128,32 @@ async def test_big_frames_come_compressed_and_small_ones_as_they_are(
     assert extension.sent_compressed and all(extension.sent_compressed)
 
 
+async def test_live_events_in_order_each_compressed_by_its_own_size(
+        server: ServerProcess, make_user: Any, sql: psycopg.Connection) -> None:
+    """Without batch: a transaction's small, big (a long note), small updates come in order,
+    the big one compressed: live events offered straight to the socket, and a queued big
+    frame sent through uvicorn between raw writes of small ones."""
+    user = make_user()
+    factory = RecordingFactory()
+    ws = await _connect(server, user, extensions=[factory])
+    try:
+        await ws.subscribe_orders()
+        ids = [insert_order(sql, user.id, "ZIP") for _ in range(3)]
+        assert [e["order"]["id"] for e in await _events(ws, 3)] == ids
+        extension = factory.extension
+        assert extension is not None
+        extension.received.clear()
+        with sql.transaction():
+            for order_id, note in zip(ids, ("short", "x" * 5000, "short"), strict=True):
+                sql.execute("UPDATE orders SET note = %s WHERE id = %s", (note, order_id))
+        events = await _events(ws, 3)
+        assert [e["order"]["id"] for e in events] == ids
+        assert [len(e["order"]["note"]) for e in events] == [5, 5000, 5]
+        assert [compressed for compressed, _ in extension.received] == [False, True, False]
+    finally:
+        await ws.conn.close()
+
+
 async def test_the_same_events_with_compression_and_without(
         server: ServerProcess, make_user: Any, sql: psycopg.Connection) -> None:
     user = make_user()
@@ -189,6 +215,7 @@ async def test_a_compressing_socket_still_takes_live_events_straight(
         writers = [o for o in gc.get_objects() if type(o) is FrameWriter]
         assert len(writers) == 1
         assert writers[0].takes_offers
+        assert writers[0]._compress_from == COMPRESS_FROM
 
 
 def test_the_extension_compresses_by_size_whatever_sends_it() -> None:

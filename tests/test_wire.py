@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from websockets.frames import Frame, Opcode
 
-from web.wire import text_frame
+from web.wire import frame_size, text_frame
 
 
 @pytest.mark.parametrize("size", [0, 1, 125, 126, 127, 65535, 65536, 100_000])
@@ -27,3 +27,10 @@ def test_the_same_text_is_encoded_once_and_a_different_one_again() -> None:
     # Equal text in another object: equal bytes, encoded anew.
     again = "".join(['{"type" : "order", ', '"seq" : 1}'])
     assert again is not text and text_frame(again) == first
+
+
+@pytest.mark.parametrize("limit", [1, 125, 126, 127, 4096, 65535, 65536])
+def test_frames_reach_frame_size_exactly_when_their_payload_reaches_the_limit(limit: int) -> None:
+    for payload in (limit - 1, limit, limit + 1):
+        frame = text_frame("x" * payload)
+        assert (len(frame) >= frame_size(limit)) is (payload >= limit), payload

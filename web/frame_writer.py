@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from web.metrics import SAMPLER
 from web.protocols import LargeFrameDeflate
 from web.subscriber import Counters
-from web.wire import payload_size, text_frame
+from web.wire import frame_size, text_frame
 
 try:
     from uvicorn.protocols.utils import ClientDisconnected
@@ -84,8 +85,11 @@ class FrameWriter:
         # Frames of this many bytes or more are compressed, so they go through uvicorn's
         # send; None: none is. Any other extension changes every frame's bytes: plain sends.
         self._compress_from: int | None = None
+        # The same limit for encoded frames (header and payload): one len() per offer.
+        self._compress_frames_from = math.inf
         if extensions and len(extensions) == 1 and isinstance(extensions[0], LargeFrameDeflate):
             self._compress_from = extensions[0].compress_from
+            self._compress_frames_from = frame_size(self._compress_from)
         elif extensions is None or extensions:
             usable = False
         self._protocol = protocol if usable else None
@@ -114,7 +118,7 @@ class FrameWriter:
         if flusher is None:
             return False
         data = text_frame(frame)
-        if self._compress_from is not None and payload_size(data) >= self._compress_from:
+        if len(data) >= self._compress_frames_from:
             return False  # the sender sends it, compressed
         if not self._pending:
             flusher.add(self)
@@ -151,22 +155,29 @@ class FrameWriter:
             return
         compress_from = self._compress_from
         if compress_from is None:
-            await self._write_raw(frames)
+            await self._write_raw(frames[0], b"".join(map(text_frame, frames)))
             return
-        # In order: each run of small frames in one write, each big one compressed.
-        run: list[str] = []
+        # In order: each run of small frames in one write, each big one compressed. Each
+        # frame encoded once (a text of compress_from characters has as many bytes or more).
+        run: list[bytes] = []
+        first = ""
         for frame in frames:
-            if len(frame) < compress_from and payload_size(text_frame(frame)) < compress_from:
-                run.append(frame)
-                continue
+            if len(frame) < compress_from:
+                data = text_frame(frame)
+                if len(data) < self._compress_frames_from:
+                    if not run:
+                        first = frame
+                    run.append(data)
+                    continue
             if run:
-                await self._write_raw(run)
+                await self._write_raw(first, b"".join(run))
                 run = []
             await self._send({"type": "websocket.send", "text": frame})
         if run:
-            await self._write_raw(run)
+            await self._write_raw(first, b"".join(run))
 
-    async def _write_raw(self, frames: list[str]) -> None:
+    async def _write_raw(self, first: str, data: bytes) -> None:
+        """Write `data`, encoded frames of which `first` is the first's text."""
         protocol = self._protocol
         # What uvicorn's send() does for one frame (wait while the transport is paused,
         # refuse once disconnected), then every frame into one buffer.
@@ -174,10 +185,9 @@ class FrameWriter:
         if protocol.disconnected:
             raise ClientDisconnected()
         if not self._open(protocol):  # closing or closed: let uvicorn say how
-            await self._send({"type": "websocket.send", "text": frames[0]})
+            await self._send({"type": "websocket.send", "text": first})
             return
-        protocol.transport.write(text_frame(frames[0]) if len(frames) == 1
-                                 else b"".join(map(text_frame, frames)))
+        protocol.transport.write(data)
 
     @staticmethod
     def _open(protocol: Any) -> bool:

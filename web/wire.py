@@ -31,9 +31,10 @@ def text_frame(text: str) -> bytes:
     return frame
 
 
-def payload_size(frame: bytes) -> int:
-    """The payload's length in bytes of a frame `text_frame` made."""
-    size = frame[1]
-    if size < 126:
-        return size
-    return len(frame) - (4 if size == 126 else 10)
+
+def frame_size(payload: int) -> int:
+    """The bytes of a frame `text_frame` makes of a `payload`-byte text: a frame is at least
+    this long exactly when its payload is at least that long."""
+    if payload < 126:
+        return payload + 2
+    return payload + (4 if payload < 1 << 16 else 10)
