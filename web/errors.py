@@ -18,7 +18,18 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from db.failures import unreachable
 from db.pool import PoolBusy
 
+try:
+    from uvicorn.protocols.utils import ClientDisconnected
+except ImportError:  # another server: it raises its own, or none
+    class ClientDisconnected(OSError):  # type: ignore[no-redef]
+        """Never raised: stands in for uvicorn's."""
+
 log = logging.getLogger(__name__)
+
+
+def _described(request: Request) -> str:
+    """"GET /api/orders", or "WebSocket /ws": these handlers also see WebSocket handshakes."""
+    return f"{request.scope.get('method', 'WebSocket')} {request.url.path}"
 
 
 class ApiError(Exception):
@@ -65,7 +76,11 @@ def failure_error(exc: BaseException) -> ApiError:
 
 async def unreachable_handler(request: Request, exc: Exception) -> Response:
     """The database could not be reached or dropped the connection: 503, one log line."""
-    log.warning("database unavailable on %s %s: %s: %s", request.method, request.url.path,
+    if isinstance(exc, ClientDisconnected):
+        # A client that left during its WebSocket handshake (uvicorn raises this OSError on
+        # a send to it): nobody to answer, and uvicorn lets it go without a word.
+        raise exc
+    log.warning("database unavailable on %s: %s: %s", _described(request),
                 type(exc).__name__, exc)
     return await api_error_handler(request, unavailable_error())
 
@@ -156,7 +171,7 @@ async def database_error_handler(request: Request, exc: Exception) -> Response:
                else "an operator cancelled it")
         return error_response(503, "timeout", f"the database cancelled the query: {why};"
                               " retry shortly", headers=RETRY_AFTER)
-    log.exception("database error on %s %s", request.method, request.url.path)
+    log.exception("database error on %s", _described(request))
     return error_response(503, "database_error", "the database could not complete the request",
                           headers=RETRY_AFTER)
 
@@ -180,5 +195,5 @@ async def unexpected_error_handler(request: Request, exc: Exception) -> Response
         return await database_error_handler(request, exc)
     if unreachable(exc):
         return await unreachable_handler(request, exc)
-    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    log.exception("unhandled error on %s", _described(request), exc_info=exc)
     return error_response(500, "internal_error", "internal error")

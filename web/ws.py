@@ -9,6 +9,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -214,18 +215,32 @@ async def run_socket(chain: ASGIApp, scope: Scope, receive: Receive, send: Send)
     garbage collector reads, a second's pause with 10,000 sockets open (docs/benchmarks.md,
     "Garbage"). They only act on HTTP responses and on the handshake (sessions,
     authentication, refusals), so once the socket is accepted the conversation needs none
-    of them; it gets the server's own `receive` and `send`, and frames take no detour."""
+    of them; it gets `receive` and `send` as the server gave them (uvicorn's own, unless
+    its trace logging wraps them), and frames take no detour."""
+    later = scope[CONVERSATION] = _Later()
     try:
         await chain(scope, receive, send)
     finally:
-        conversation = scope.pop(CONVERSATION, None)  # it holds the scope: no cycle left
+        # The conversation holds the scope: no cycle left however the chain ended.
+        del scope[CONVERSATION]
+        conversation, later.conversation = later.conversation, None
     if conversation is not None:
         await conversation(receive, send)
 
 
+class _Later:
+    """Where the endpoint leaves an accepted socket's conversation for run_socket: an object
+    in the scope, so that a copy of the scope made on the way in hands it over as well."""
+
+    __slots__ = ("conversation",)
+
+    def __init__(self) -> None:
+        self.conversation: Callable[[Receive, Send], Awaitable[None]] | None = None
+
+
 async def _send_loop(websocket: WebSocket, sub: Subscriber, hub: Hub, send: Send) -> None:
-    """Write what the queue holds through `send`, the server's own (a method of its protocol:
-    FrameWriter writes past it where it can)."""
+    """Write what the queue holds through `send`, as the server gave it (a method of uvicorn's
+    protocol: FrameWriter writes past it where it can)."""
     counters = hub.counters
     sub.queue.quote_gate = quotes.pipe_gate(send)
     writer = FrameWriter(send, websocket.state.flusher, counters)
@@ -271,7 +286,11 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
         return
     # Never the bearer.<token> subprotocol: the answer must not carry the secret.
     await websocket.accept(subprotocol=chosen_subprotocol(websocket.scope))
-    websocket.scope[CONVERSATION] = functools.partial(_accepted, websocket.scope, user)
+    later: _Later | None = websocket.scope.get(CONVERSATION)
+    if later is None:  # these routes in another app, without run_socket: converse in the chain
+        await _accepted(websocket.scope, user, websocket.receive, websocket.send)
+    else:
+        later.conversation = functools.partial(_accepted, websocket.scope, user)
 
 
 async def _accepted(scope: Scope, user: WebUser, receive: Receive, send: Send) -> None:
