@@ -65,6 +65,7 @@ class Flusher:
                 newest = writer.flush() or newest
             except Exception:  # that socket's trouble; every other socket's frames go out
                 log.exception("a socket failed a write")
+                writer.failed()
         if newest is not None:  # offers are live events: their age is the latency
             SAMPLER.sample(newest)
 
@@ -74,8 +75,12 @@ class FrameWriter:
     takes one for the next flush, if the socket can take it now."""
 
     def __init__(self, send: Send, flusher: Flusher | None = None,
-                 counters: Counters | None = None) -> None:
+                 counters: Counters | None = None,
+                 on_failure: Callable[[], None] | None = None) -> None:
         self._send = send
+        # Called when a flush failed: the frames it held are lost, so the socket must not
+        # go on as if they had been sent.
+        self._on_failure = on_failure
         protocol = getattr(send, "__self__", None)
         # What this relies on of uvicorn's protocol: without any of it, plain sends.
         usable = (WebSocketsSansIOProtocol is not None
@@ -146,6 +151,13 @@ class FrameWriter:
             # Counted as written: frames dropped for a closed socket were never sent.
             self._counters.frames_sent += count
         return self._pending_text
+
+    def failed(self) -> None:
+        """A flush of this socket's offered frames raised: they are gone."""
+        self._pending.clear()
+        self._pending_bytes = 0
+        if self._on_failure is not None:
+            self._on_failure()
 
     async def write(self, frames: list[str]) -> None:
         protocol = self._protocol

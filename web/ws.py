@@ -243,7 +243,10 @@ async def _send_loop(websocket: WebSocket, sub: Subscriber, hub: Hub, send: Send
     protocol: FrameWriter writes past it where it can)."""
     counters = hub.counters
     sub.queue.quote_gate = quotes.pipe_gate(send)
-    writer = FrameWriter(send, websocket.state.flusher, counters)
+    # Offered frames that failed to go out are lost: closed with 1011, the client resumes
+    # from its cursor and gets them from the change log.
+    writer = FrameWriter(send, websocket.state.flusher, counters,
+                         on_failure=lambda: sub.close(1011, "internal error"))
     if writer.takes_offers:  # live events skip the queue while it is empty
         sub.queue.direct = writer.offer
     try:
@@ -264,6 +267,16 @@ async def _send_loop(websocket: WebSocket, sub: Subscriber, hub: Hub, send: Send
                 counters.frames_sent += len(frames)
             if sub.mode is Mode.CURRENT:  # replayed events would count their age as latency
                 SAMPLER.sample(frames[-1])
+    except (WebSocketDisconnect, OSError):
+        raise  # the client is gone
+    except Exception:
+        if websocket.application_state is WebSocketState.DISCONNECTED:
+            raise  # a write that met the socket's own close: nothing failed
+        # A bug: without this the socket would stay open and silent, the client waiting
+        # for events that never come. With 1011 it reconnects and resumes from its cursor.
+        log.exception("socket of user %s failed to send", sub.user_id)
+        with contextlib.suppress(Exception):
+            await websocket.close(code=1011, reason="internal error")
     finally:
         sub.queue.direct = None
 
