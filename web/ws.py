@@ -208,7 +208,7 @@ class Protocol:
 
 async def run_socket(chain: ASGIApp, scope: Scope, receive: Receive, send: Send) -> None:
     """Run a WebSocket through `chain` (every middleware, the router, the endpoint) for its
-    handshake, then its conversation, which the endpoint leaves in the scope, outside it.
+    handshake, then, outside it, the conversation the endpoint hands over through the scope.
 
     Each middleware layer is a coroutine suspended for as long as its app runs, with the
     closures it wraps `send` in: about 60 objects per socket that every full pass of the
