@@ -224,8 +224,11 @@ async def run_socket(chain: ASGIApp, scope: Scope, receive: Receive, send: Send)
         # The conversation holds the scope: no cycle left however the chain ended.
         del scope[CONVERSATION]
         conversation, later.conversation = later.conversation, None
+        del later
     if conversation is not None:
-        await conversation(receive, send)
+        running = conversation(receive, send)
+        del conversation  # neither it nor the holder stays for the socket's life
+        await running
 
 
 class _Later:
