@@ -26,7 +26,7 @@ from websockets.frames import Frame, Opcode
 from websockets.typing import ExtensionParameter
 
 from tests.conftest import ROOT, ServerProcess, Socket, User, insert_order, running_server
-from tests.test_socket_memory import _serving
+from tests.support.in_process import serving_in_process
 from web.frame_writer import FrameWriter
 from web.protocols import LargeFrameDeflateFactory
 
@@ -207,7 +207,7 @@ async def test_a_compressing_socket_still_takes_live_events_straight(
     """Frames below the size go past uvicorn's per-frame send (web/frame_writer.py) whether
     or not the client asked for compression: a browser always does."""
     user = make_user()
-    async with (_serving(db_url, tmp_path) as address,
+    async with (serving_in_process(db_url, tmp_path) as address,
                 websockets.connect(address.ws_url, additional_headers=user.auth,
                                    open_timeout=5) as conn):
         assert "Sec-WebSocket-Extensions" in conn.response.headers

@@ -16,7 +16,7 @@ import pytest
 import websockets
 
 from tests.conftest import Socket, insert_order
-from tests.test_socket_memory import _serving
+from tests.support.in_process import serving_in_process
 from web.frame_writer import FrameWriter
 
 
@@ -33,7 +33,7 @@ async def test_a_sender_that_fails_closes_the_socket_with_1011(
     monkeypatch.setattr(FrameWriter, "write", write_failing_on_pong)
     user = make_user()
     with caplog.at_level(logging.ERROR, logger="web.ws"):
-        async with (_serving(db_url, tmp_path) as address,
+        async with (serving_in_process(db_url, tmp_path) as address,
                     websockets.connect(address.ws_url, additional_headers=user.auth,
                                        open_timeout=5) as conn):
             ws = Socket(conn)
@@ -63,7 +63,7 @@ async def test_live_events_that_fail_to_go_out_close_the_socket_and_resume_bring
 
     monkeypatch.setattr(FrameWriter, "flush", flush_failing_while_on)
     user = make_user()
-    async with _serving(db_url, tmp_path) as address:
+    async with serving_in_process(db_url, tmp_path) as address:
         async with websockets.connect(address.ws_url, additional_headers=user.auth,
                                       open_timeout=5) as conn:
             ws = Socket(conn)

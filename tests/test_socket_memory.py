@@ -12,39 +12,29 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import socket
 import time
 import types
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 import websockets
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
-from config import load_settings
 from db.listener import Listener
 from db.pool import ApiPool
-from tests.conftest import LocalAddress, Socket, User
-from web.app import create_app
+from tests.conftest import Socket, User
+from tests.support.in_process import InProcess, serving_in_process
 from web.hub import Hub
-from web.protocols import protocol_options
 from web.subscriber import Subscriber
 
 SOCKETS_PER_USER = 3
 # The server's objects of one connection: the HTTP protocol that read its first request,
 # the WebSocket protocol it became, and the hub's registration.
 SERVER_SIDE = (HttpToolsProtocol, WebSocketsSansIOProtocol, Subscriber)
-
-
-@dataclass
-class InProcess(LocalAddress):
-    port: int
 
 
 def _alive(kind: type | tuple[type, ...] = SERVER_SIDE) -> list[Any]:
@@ -76,36 +66,10 @@ def collector_off() -> Iterator[None]:
 
 @pytest.fixture
 async def in_process(db_url: str, tmp_path: Path) -> AsyncIterator[InProcess]:
-    async with _serving(db_url, tmp_path) as address:
+    async with serving_in_process(
+            db_url, tmp_path,
+            ORDERSTREAM_MAX_SOCKETS_PER_USER=str(SOCKETS_PER_USER)) as address:
         yield address
-
-
-@contextlib.asynccontextmanager
-async def _serving(db_url: str, tmp_path: Path) -> AsyncIterator[InProcess]:
-    settings = load_settings(environ={
-        "ORDERSTREAM_DATA_DIR": str(tmp_path),
-        "ORDERSTREAM_MAX_SOCKETS_PER_USER": str(SOCKETS_PER_USER),
-    })
-    # Bound here and handed over: a port taken between a probe and uvicorn's bind would make
-    # uvicorn exit the process, this test run with it.
-    listening = socket.socket()
-    listening.bind(("127.0.0.1", 0))
-    address = InProcess(listening.getsockname()[1])
-    server = uvicorn.Server(uvicorn.Config(
-        create_app(settings, db_url), log_config=None, log_level="warning",
-        **protocol_options()))
-    serving = asyncio.create_task(server.serve(sockets=[listening]))
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert not serving.done(), "the in-process server stopped"
-        assert time.monotonic() < deadline, "the in-process server did not start"
-        await asyncio.sleep(0.02)
-    try:
-        yield address
-    finally:
-        server.should_exit = True
-        await serving
-        listening.close()
 
 
 @contextlib.asynccontextmanager
@@ -181,7 +145,7 @@ async def test_closed_sockets_leave_nothing_for_the_collector(
 async def test_full_passes_skip_what_the_server_made_at_startup(
         db_url: str, tmp_path: Path, collector_off: None) -> None:
     assert gc.get_freeze_count() == 0
-    async with _serving(db_url, tmp_path):
+    async with serving_in_process(db_url, tmp_path):
         # Modules, the app, its pools and hub (and, in this process, pytest's own objects):
         # out of the collector's reach, so no full pass reads them.
         frozen = gc.get_freeze_count()

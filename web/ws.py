@@ -285,6 +285,9 @@ async def _send_loop(websocket: WebSocket, sub: Subscriber, hub: Hub, send: Send
 
 
 async def websocket_endpoint(websocket: WebSocket) -> None:
+    # Only run_socket (web/app.py's App) runs a socket's conversation: elsewhere, refuse
+    # the handshake loudly (a 500 and a traceback) rather than accept a socket nobody serves.
+    later: _Later = websocket.scope[CONVERSATION]
     if token_without_subprotocol(websocket.scope):
         await websocket.close(code=1008, reason=f"offer {SUBPROTOCOL} beside the"
                                                 " bearer.<token> subprotocol")
@@ -302,11 +305,7 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
         return
     # Never the bearer.<token> subprotocol: the answer must not carry the secret.
     await websocket.accept(subprotocol=chosen_subprotocol(websocket.scope))
-    later: _Later | None = websocket.scope.get(CONVERSATION)
-    if later is None:  # these routes in another app, without run_socket: converse in the chain
-        await _accepted(websocket.scope, user, websocket.receive, websocket.send)
-    else:
-        later.conversation = functools.partial(_accepted, websocket.scope, user)
+    later.conversation = functools.partial(_accepted, websocket.scope, user)
 
 
 async def _accepted(scope: Scope, user: WebUser, receive: Receive, send: Send) -> None:
