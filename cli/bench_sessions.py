@@ -210,7 +210,8 @@ def run_sessions(db: psycopg.Connection, build: Build, targets: list[Target],
             time.sleep(pause)
     received, latencies = gather(clients, committed)
     cpu = _cpu_seconds(server) - cpu_before
-    rss = server.memory_info().rss
+    # Every process of the server: with --workers, each worker holds its own sockets.
+    rss = sum(p.memory_info().rss for p in [server, *server.children(recursive=True)])
     for process, pipe in clients:
         pipe.send("close")
         process.join(30)

@@ -79,6 +79,12 @@ def test_smoke_bench_runs_every_scenario_and_writes_its_results(server_url: str,
     assert sessions["sessions"] == SMOKE_SIZES.scale_sessions
     assert sessions["failures"] == 0 and sessions["missing"] == 0 and sessions["frames"] > 0
     assert sessions["rss_bytes"] > 0
+    # The same sessions on `serve --workers 2`: memory summed over its processes, which
+    # hold more than the supervisor alone.
+    workers = sessions["workers_2"]
+    assert workers["build"] == "orderstream --workers 2"
+    assert workers["failures"] == 0 and workers["missing"] == 0 and workers["frames"] > 0
+    assert workers["rss_bytes"] > sessions["rss_bytes"]
 
     assert s["batch"]["rows"] == SMOKE_SIZES.batch_rows
     assert s["batch"]["events_per_s"]["plain"] > 0 and s["batch"]["events_per_s"]["batch"] > 0
