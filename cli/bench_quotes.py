@@ -18,11 +18,13 @@ import time
 from multiprocessing.sharedctypes import Synchronized
 from typing import Any
 
+import psutil
 import psycopg
 import websockets
 
 import config
 from cli.bench import _now_ms, _pct, _start_server
+from cli.bench_fanout import _cpu_seconds
 from cli.users import create_token, create_user
 from web.passwords import Passwords
 
@@ -75,8 +77,8 @@ async def _session(port: int, token: str, symbols: list[str], ages: list[float],
                 ages.append(received - frame["ts"])
 
 
-async def _run(url: str, port: int, token: str, symbols: list[str], sessions: int,
-               per_session: int, rate: float, seconds: float) -> dict[str, Any]:
+async def _run(url: str, server: psutil.Process, port: int, token: str, symbols: list[str],
+               sessions: int, per_session: int, rate: float, seconds: float) -> dict[str, Any]:
     rng = random.Random(2)
     ages: list[float] = []
     counts = [0]
@@ -104,12 +106,14 @@ async def _run(url: str, port: int, token: str, symbols: list[str], sessions: in
                            name="bench-quotes-writer")
     go.set()
     started = time.monotonic()
+    cpu_before = _cpu_seconds(server)
     writer.start()
     await asyncio.to_thread(writer.join)
     wrote_for = time.monotonic() - started
     # Let the last quotes arrive (conflated: the newest of each instrument), then stop.
     await asyncio.sleep(1.0)
     elapsed = time.monotonic() - started
+    cpu = _cpu_seconds(server) - cpu_before
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
@@ -123,6 +127,7 @@ async def _run(url: str, port: int, token: str, symbols: list[str], sessions: in
     print(f"  delivered: {delivered:,} quote frames ({delivered / elapsed:,.0f}/s over"
           f" {elapsed:.1f} s), {delivered / unconflated:.0%} of the {unconflated:,.0f} an"
           f" unconflated feed would send")
+    print(f"  server CPU: {cpu / max(delivered, 1) * 1e6:.1f} us per quote frame delivered")
     if ages:
         print(f"  quote age at the client (trigger -> received): p50 {_pct(ages, 0.5):.1f} ms"
               f"   p99 {_pct(ages, 0.99):.1f} ms   max {max(ages):.1f} ms")
@@ -131,6 +136,7 @@ async def _run(url: str, port: int, token: str, symbols: list[str], sessions: in
             "target_rate": rate, "quotes_written": quotes, "written_per_s": quotes / wrote_for,
             "wanted_by_sessions": interested, "frames_delivered": delivered,
             "frames_per_s": delivered / elapsed, "sent_of_unconflated": delivered / unconflated,
+            "server_cpu_us_per_frame": cpu / max(delivered, 1) * 1e6,
             "age_p50_ms": _pct(ages, 0.5), "age_p99_ms": _pct(ages, 0.99),
             "age_max_ms": max(ages, default=float("nan"))}
 
@@ -156,8 +162,8 @@ def measure_quotes(url: str, settings: config.Settings, sessions: int = 1000,
     print(f"orderstream bench --quotes: server pid {proc.pid} on port {port}, "
           f"{os.cpu_count()} CPUs; clients, writer and server on this machine")
     try:
-        return asyncio.run(_run(url, port, token, symbols, sessions, per_session, rate,
-                                seconds))
+        return asyncio.run(_run(url, psutil.Process(proc.pid), port, token, symbols, sessions,
+                                per_session, rate, seconds))
     finally:
         proc.terminate()
         proc.wait(15)

@@ -388,6 +388,8 @@ def _quotes(bench: Bench) -> None:
                          f"{data['sent_of_unconflated']:.0%}")
     bench.results.figure("quotes", "quote age p50 / p99",
                          f"{_ms(data['age_p50_ms'])} / {_ms(data['age_p99_ms'])} ms")
+    bench.results.figure("quotes", "server CPU per quote frame",
+                         f"{data['server_cpu_us_per_frame']:.1f} us")
 
 
 UNSERVED: dict[str, Callable[[Bench], None]] = {

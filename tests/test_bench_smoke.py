@@ -112,6 +112,7 @@ def test_smoke_bench_runs_every_scenario_and_writes_its_results(server_url: str,
     quotes = s["quotes"]
     assert quotes["sessions"] == SMOKE_SIZES.quote_sessions
     assert quotes["quotes_written"] > 0 and quotes["frames_delivered"] > 0
+    assert quotes["server_cpu_us_per_frame"] > 0
 
     for plot in (LATENCY_PLOT, FANOUT_PLOT):
         assert (out / plot).read_bytes()[:8] == PNG_SIGNATURE, plot

@@ -1,6 +1,7 @@
 """A live event goes straight to the socket only while the socket's sender waits on an empty
 queue: never past a frame the sender was woken for or still holds, never for a `batch`
-subscription (its events wait in the queue to be packed), and never waking the sender."""
+subscription (its events wait in the queue to be packed), and never waking the sender.
+Quotes too, while the socket's pipe has room; else they wait in the box, conflated."""
 
 from __future__ import annotations
 
@@ -11,20 +12,25 @@ from db.change import Change
 from db.position import Snapshot
 from tests.support.memory_log import MemoryLog
 from web.hub import Hub
+from web.quotes import PIPE_BYTES
 from web.subscriber import FrameQueue
 
 
 class Socket:
-    """A direct sink that takes frames while `open`, else refuses them (a paused transport)."""
+    """A direct sink that takes frames while `open`, else refuses them (a paused transport);
+    it keeps the byte limit each offer came with, and refuses past it (FrameWriter.offer)."""
 
     def __init__(self) -> None:
         self.frames: list[str] = []
         self.open = True
+        self.limits: list[int] = []
 
-    def take(self, frame: str) -> bool:
-        if self.open:
+    def take(self, frame: str, most_pending: int) -> bool:
+        self.limits.append(most_pending)
+        taken = self.open and sum(map(len, self.frames)) <= most_pending
+        if taken:
             self.frames.append(frame)
-        return self.open
+        return taken
 
 
 async def parked(queue: FrameQueue, most: int = 10) -> asyncio.Task[list[str]]:
@@ -95,3 +101,66 @@ async def test_a_batch_subscription_gets_nothing_straight_away():
         assert sockets[batched].frames == []
         assert [json.loads(f)["seq"] for f in await getters[1]] == [1, 2]  # packed later
         getters[0].cancel()
+
+
+def quote(instrument: str, version: int) -> str:
+    return json.dumps({"type": "quote", "instrument": instrument, "version": version})
+
+
+async def test_quotes_to_a_waiting_sender_go_straight_to_the_socket_while_its_pipe_has_room():
+    queue, socket = FrameQueue(1 << 20), Socket()
+    queue.direct = socket.take
+    getter = await parked(queue)
+    assert queue.put_quote("A", 1, quote("A", 1)) is False
+    assert queue.put_quote("B", 1, quote("B", 1)) is False
+    await asyncio.sleep(0)
+    assert socket.frames == [quote("A", 1), quote("B", 1)]
+    assert set(socket.limits) == {PIPE_BYTES}  # the pipe's room, not the events' 64 KiB
+    assert not getter.done() and not queue.quotes
+    # The versions sent are remembered: an older quote (a late snapshot) is ignored.
+    assert queue.put_quote("A", 1, quote("A", 1)) is None
+    assert socket.frames == [quote("A", 1), quote("B", 1)]
+    getter.cancel()
+
+
+async def test_quotes_wait_in_the_box_when_the_pipe_is_full_and_conflate_there():
+    queue, socket = FrameQueue(1 << 20), Socket()
+    queue.direct = socket.take
+    pipe_full = True
+    queue.quote_gate = lambda: not pipe_full
+    getter = await parked(queue)
+    assert queue.put_quote("A", 1, quote("A", 1)) is False
+    assert queue.put_quote("A", 2, quote("A", 2)) is True  # replaced the unsent one
+    assert socket.frames == []
+    await asyncio.sleep(0)
+    assert not getter.done()  # woken, but the gate holds the quote back
+    pipe_full = False
+    assert await asyncio.wait_for(getter, 5) == [quote("A", 2)]
+
+
+async def test_quotes_offered_in_one_turn_stop_at_the_pipes_room():
+    queue, socket = FrameQueue(1 << 20), Socket()
+    queue.direct = socket.take
+    getter = await parked(queue)
+    frames = [quote(f"I{i:04d}", 1) for i in range(PIPE_BYTES // 20)]
+    for i, frame in enumerate(frames):
+        queue.put_quote(f"I{i:04d}", 1, frame)
+    taken = len(socket.frames)
+    assert 0 < taken < len(frames)
+    assert sum(map(len, socket.frames[:-1])) <= PIPE_BYTES
+    # The rest wait in the box, in order, for the sender (woken by the first refused).
+    rest = [(await asyncio.wait_for(getter, 5))[0]]
+    while queue.quotes:
+        rest += await queue.get_events(10)
+    assert socket.frames + rest == frames
+
+
+async def test_a_quote_never_passes_a_frame_the_sender_was_woken_for():
+    queue, socket = FrameQueue(1 << 20), Socket()
+    queue.direct = socket.take
+    getter = await parked(queue)
+    queue.put('{"type": "subscribed", "channel": "quotes"}')
+    queue.put_quote("A", 1, quote("A", 1))
+    assert socket.frames == []
+    assert await getter == ['{"type": "subscribed", "channel": "quotes"}']
+    assert await queue.get_events(10) == [quote("A", 1)]

@@ -308,7 +308,7 @@ async def test_a_page_of_a_bulk_statement_gives_each_socket_what_one_by_one_woul
             hub.subscribe_orders(carol, 1)
             written: list[str] = []
 
-            def take(frame: str, into: list[str] = written) -> bool:
+            def take(frame: str, most_pending: int, into: list[str] = written) -> bool:
                 into.append(frame)
                 return True
 

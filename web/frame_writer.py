@@ -40,10 +40,6 @@ log = logging.getLogger(__name__)
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 _PROTOCOL_ATTRIBUTES = ("conn", "transport", "writable", "disconnected", "handshake_complete",
                         "close_sent", "initial_response")
-# Offered bytes waiting for the flush, per socket, at most: past it offers are refused and
-# events queue (and count against the session's budget) as they did before.
-PENDING_BYTES = 64 * 1024
-
 
 class Flusher:
     """The sockets with offered frames, written together once per turn of the event loop:
@@ -113,11 +109,12 @@ class FrameWriter:
         """Whether `offer` can ever take a frame (else every frame goes through `write`)."""
         return self._flusher is not None
 
-    def offer(self, frame: str) -> bool:
-        """Take `frame` for the next flush if the transport is not paused: False to leave
-        it to the queue (and its byte budget) and the sender. A socket closed meanwhile
-        takes it too; the flush drops it."""
-        if self._pending_bytes > PENDING_BYTES or not self._writable.is_set():
+    def offer(self, frame: str, most_pending: int) -> bool:
+        """Take `frame` for the next flush if the transport is not paused and at most
+        `most_pending` bytes were offered before it: False to leave it to the queue (and its
+        byte budget) and the sender. A socket closed meanwhile takes it too; the flush drops
+        it."""
+        if self._pending_bytes > most_pending or not self._writable.is_set():
             return False
         flusher = self._flusher
         if flusher is None:

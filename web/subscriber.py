@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from db.position import Position
 from web.frames import OwnerKey
-from web.quotes import QuoteBox
+from web.quotes import PIPE_BYTES, QuoteBox
 
 # Queued after everything else to make the sender close the socket.
 CLOSE = "\x00close"
@@ -23,6 +23,10 @@ FRAME_OVERHEAD = 64
 QUOTE_TURN = 16
 # While the quote gate is shut (the socket's pipe is full), how often to look again (s).
 QUOTE_GATE_RETRY = 0.01
+# Bytes offered before a live event that a socket may hold for the next flush (the direct
+# path, FrameWriter.offer): past it events queue and count against the session's budget.
+# Quotes take the direct path while the pipe holds less than PIPE_BYTES with them.
+OFFER_BYTES = 64 * 1024
 
 
 class Mode(enum.Enum):
@@ -56,10 +60,11 @@ class FrameQueue:
         self._room.set()
         self.quotes = QuoteBox()
         self._streak = 0  # frames taken while quotes waited
-        # Takes a live event straight to the socket (FrameWriter.offer), True if it did; set
-        # by the sender. Used only while the sender waits on an empty queue (`_parked`), so
+        # Takes a live event or quote straight to the socket (FrameWriter.offer: the frame,
+        # and how many bytes offered before it the socket may hold), True if it did; set by
+        # the sender. Used only while the sender waits on an empty queue (`_parked`), so
         # nothing it took can be overtaken.
-        self.direct: Callable[[str], bool] | None = None
+        self.direct: Callable[[str, int], bool] | None = None
         self._parked = False
         # Whether a quote may be written now (web/quotes.py pipe_gate): while the socket's
         # pipe is full, quotes wait in the box and conflate instead of queueing in the kernel.
@@ -94,7 +99,7 @@ class FrameQueue:
     def offer(self, frame: str) -> None:
         """A live order event: straight to the socket while the sender waits on an empty
         queue and the socket takes it (no task wakes per event), else queued like `put`."""
-        if self._parked and self.direct is not None and self.direct(frame):
+        if self._parked and self.direct is not None and self.direct(frame, OFFER_BYTES):
             return
         self.put(frame, event=True)
 
@@ -103,10 +108,21 @@ class FrameQueue:
         self._ready.set()
 
     def put_quote(self, instrument: str, version: int, frame: str) -> bool | None:
-        """Hold the newest quote of `instrument` (see QuoteBox.offer)."""
+        """Hold the newest quote of `instrument` (see QuoteBox.offer). While the sender
+        waits on an empty queue and the socket's pipe has room, the quote goes straight to
+        the socket instead, as live order events do: no task wakes per quote per session
+        (it was most of a quote's cost to the server, `bench --only quotes`)."""
         result = self.quotes.offer(instrument, version, frame)
-        if result is not None:
-            self._wake()
+        if result is None:
+            return None
+        # Parked: the box held nothing else (a quote waiting on the gate keeps the sender
+        # awake), so this one overtakes nothing. The pipe's room counts the frames offered
+        # in this turn of the loop too: a reader that stops still gets quotes conflated.
+        if (self._parked and self.direct is not None and self.quote_gate()
+                and self.direct(frame, PIPE_BYTES)):
+            self.quotes.pending.pop(instrument)
+            return result
+        self._wake()
         return result
 
     async def get(self) -> str:
