@@ -3,32 +3,42 @@
 1,000 sessions (default), each subscribed to 10 of 100 instruments, while a writer upserts
 quotes through plain SQL at a fixed rate. Reported: quotes written per second, quote frames
 delivered per second (all sessions together), how many frames conflation saved, and the age
-of each delivered quote (trigger time to the client's receive) at p50/p99/max.
+of each delivered quote (trigger time to the client's receive) at p50/p99/max, and the
+server's CPU per quote frame.
+
+The clients are the lean ones of the sessions scenario (cli/bench_sessions.py: a Protocol
+per socket, frames parsed from raw bytes), in two processes. With one process of
+websockets clients (a task and a JSON decode per frame), the clients were the slowest part:
+the same server measured quote ages of 5-560 ms at p50, by how busy that process was.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import multiprocessing
 import os
 import random
 import secrets
 import time
+from multiprocessing.connection import Connection
 from multiprocessing.sharedctypes import Synchronized
 from typing import Any
 
 import psutil
 import psycopg
-import websockets
 
 import config
-from cli.bench import _now_ms, _pct, _start_server
-from cli.bench_fanout import _cpu_seconds
+from cli.bench import _pct, _start_server
+from cli.bench_fanout import Target, _cpu_seconds
+from cli.bench_sessions import OPEN_AT_ONCE, Session, open_session
 from cli.users import create_token, create_user
 from web.passwords import Passwords
 
 PREFIX = "BQ"
+CLIENT_PROCESSES = 1
+QUOTE_FRAME = '{"type" : "quote"'  # how the trigger's json_build_object starts one
 
 
 def _instruments(count: int) -> list[str]:
@@ -54,79 +64,118 @@ def _write(url: str, symbols: list[str], rate: float, seconds: float,
                 time.sleep(delay)
 
 
-async def _session(port: int, token: str, symbols: list[str], ages: list[float],
-                   counts: list[int], ready: asyncio.Event, go: asyncio.Event) -> None:
-    async with websockets.connect(f"ws://127.0.0.1:{port}/ws", max_size=2**22,
-                                  additional_headers={"Authorization": f"Bearer {token}"}) as ws:
-        await ws.send(json.dumps({"op": "subscribe", "channel": "quotes", "instruments": symbols}))
-        snapshot = len(symbols)
-        while True:  # the ack, then the snapshot of each instrument
-            frame = json.loads(await ws.recv())
-            if frame["type"] == "quote":
-                snapshot -= 1
-                if snapshot == 0:
-                    break
-        ready.set()
-        await go.wait()
-        while True:
-            text = await ws.recv()
-            received = _now_ms()
-            frame = json.loads(text)
-            if frame.get("type") == "quote":
-                counts[0] += 1
-                ages.append(received - frame["ts"])
+class _QuoteSession(Session):
+    """One session of a client process: subscribed to its instruments, opened once their
+    snapshot arrived, then keeping each quote's age while `recording`."""
+
+    def __init__(self, target: Target, ages: list[float], instruments: list[str]) -> None:
+        super().__init__(target, ages, json.dumps(
+            {"op": "subscribe", "channel": "quotes", "instruments": instruments}).encode())
+        self.snapshot = len(instruments)
+        self.recording = False
+
+    def _text(self, text: str, received: float) -> None:
+        if not text.startswith(QUOTE_FRAME):
+            return
+        if not self.opened.done():
+            self.snapshot -= 1
+            if self.snapshot == 0:
+                self.opened.set_result(None)
+        elif self.recording:
+            self.events += 1
+            at = text.rfind('"ts"')  # the last field: json_build_object's order
+            self.latencies.append(received - float(text[at + 4:text.rfind("}")].lstrip(" :")))
 
 
-async def _run(url: str, server: psutil.Process, port: int, token: str, symbols: list[str],
-               sessions: int, per_session: int, rate: float, seconds: float) -> dict[str, Any]:
-    rng = random.Random(2)
+async def _client(pipe: Connection, target: Target, choices: list[list[str]]) -> None:
     ages: list[float] = []
-    counts = [0]
-    go = asyncio.Event()
-    readies = []
-    tasks = []
-    fanout = 0
-    opened = time.monotonic()
-    for i in range(sessions):
-        chosen = rng.sample(symbols, per_session)
-        fanout += per_session
-        ready = asyncio.Event()
-        readies.append(ready)
-        tasks.append(asyncio.create_task(_session(port, token, chosen, ages, counts, ready, go),
-                                         name=f"bench-quotes-{i}"))
-        if i % 50 == 49:
-            await asyncio.gather(*(r.wait() for r in readies))  # don't stampede the accept queue
-    await asyncio.gather(*(r.wait() for r in readies))
-    subscribed_in = time.monotonic() - opened
-    print(f"  {sessions} sessions x {per_session} of {len(symbols)} instruments subscribed in "
-          f"{subscribed_in:.1f} s")
+    opened: list[Session | BaseException] = []
+    for start in range(0, len(choices), OPEN_AT_ONCE):
+        opened += await asyncio.gather(
+            *(open_session(target, functools.partial(_QuoteSession, target, ages, chosen))
+              for chosen in choices[start:start + OPEN_AT_ONCE]), return_exceptions=True)
+    sessions = [s for s in opened if isinstance(s, _QuoteSession)]
+    failed = [s for s in opened if not isinstance(s, _QuoteSession)]
+    pipe.send(("ready", len(failed), repr(failed[0]) if failed else ""))
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(None, pipe.recv)  # go
+    for session in sessions:
+        session.recording = True
+    await loop.run_in_executor(None, pipe.recv)  # stop
+    for session in sessions:
+        session.recording = False
+    pipe.send((sum(s.events for s in sessions), ages))
+    for session in sessions:
+        session.close()
+
+
+def _client_main(pipe: Connection, target: Target, choices: list[list[str]]) -> None:
+    try:
+        import uvloop
+    except ImportError:  # asyncio's own loop reads the sockets too, at a higher cost
+        asyncio.run(_client(pipe, target, choices))
+    else:
+        uvloop.run(_client(pipe, target, choices))
+
+
+def _run(url: str, server: psutil.Process, port: int, token: str, symbols: list[str],
+         sessions: int, per_session: int, rate: float, seconds: float) -> dict[str, Any]:
+    rng = random.Random(2)
+    choices = [rng.sample(symbols, per_session) for _ in range(sessions)]
+    target = Target(f"ws://127.0.0.1:{port}/ws", {"Authorization": f"Bearer {token}"}, True, 0)
     spawn = multiprocessing.get_context("spawn")
-    written = spawn.Value("q", 0)
-    writer = spawn.Process(target=_write, args=(url, symbols, rate, seconds, written),
-                           name="bench-quotes-writer")
-    go.set()
-    started = time.monotonic()
-    cpu_before = _cpu_seconds(server)
-    writer.start()
-    await asyncio.to_thread(writer.join)
-    wrote_for = time.monotonic() - started
-    # Let the last quotes arrive (conflated: the newest of each instrument), then stop.
-    await asyncio.sleep(1.0)
-    elapsed = time.monotonic() - started
-    cpu = _cpu_seconds(server) - cpu_before
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
+    opened = time.monotonic()
+    clients = []
+    for i in range(CLIENT_PROCESSES):
+        parent, child = spawn.Pipe()
+        process = spawn.Process(target=_client_main, args=(child, target,
+                                                            choices[i::CLIENT_PROCESSES]),
+                                daemon=True, name=f"bench-quotes-client-{i}")
+        process.start()
+        clients.append((process, parent))
+    try:
+        failures = [pipe.recv() for _, pipe in clients]
+        if any(count for _, count, _ in failures):
+            raise RuntimeError(f"{sum(c for _, c, _ in failures)} quote sessions failed to"
+                               f" open, for example {next(e for _, _, e in failures if e)}")
+        subscribed_in = time.monotonic() - opened
+        print(f"  {sessions} sessions x {per_session} of {len(symbols)} instruments subscribed"
+              f" in {subscribed_in:.1f} s, from {CLIENT_PROCESSES} client processes")
+        written = spawn.Value("q", 0)
+        writer = spawn.Process(target=_write, args=(url, symbols, rate, seconds, written),
+                               name="bench-quotes-writer")
+        for _, pipe in clients:
+            pipe.send("go")
+        started = time.monotonic()
+        cpu_before = _cpu_seconds(server)
+        writer.start()
+        writer.join()
+        wrote_for = time.monotonic() - started
+        # Let the last quotes arrive (conflated: the newest of each instrument), then stop.
+        time.sleep(1.0)
+        elapsed = time.monotonic() - started
+        cpu = _cpu_seconds(server) - cpu_before
+        delivered, ages = 0, []
+        for _, pipe in clients:
+            pipe.send("stop")
+        for _, pipe in clients:
+            count, values = pipe.recv()
+            delivered += count
+            ages.extend(values)
+    finally:
+        for process, _ in clients:
+            process.join(10)
+            if process.is_alive():
+                process.kill()
     # Each quote is of interest to this many sessions on average (sessions x 10 / 100).
-    interested = fanout / len(symbols)
+    interested = sessions * per_session / len(symbols)
     quotes = written.value
     unconflated = quotes * interested
-    delivered = counts[0]
     print(f"  writer: {quotes} quotes in {wrote_for:.1f} s ({quotes / wrote_for:,.0f}/s,"
           f" target {rate:,.0f}/s), each wanted by {interested:.0f} sessions on average")
     print(f"  delivered: {delivered:,} quote frames ({delivered / elapsed:,.0f}/s over"
-          f" {elapsed:.1f} s), {delivered / unconflated:.0%} of the {unconflated:,.0f} an"
-          f" unconflated feed would send")
+          f" {elapsed:.1f} s), {delivered / max(unconflated, 1):.0%} of the {unconflated:,.0f}"
+          f" an unconflated feed would send")
     print(f"  server CPU: {cpu / max(delivered, 1) * 1e6:.1f} us per quote frame delivered")
     if ages:
         print(f"  quote age at the client (trigger -> received): p50 {_pct(ages, 0.5):.1f} ms"
@@ -135,7 +184,8 @@ async def _run(url: str, server: psutil.Process, port: int, token: str, symbols:
             "instruments": len(symbols), "subscribed_in_s": subscribed_in,
             "target_rate": rate, "quotes_written": quotes, "written_per_s": quotes / wrote_for,
             "wanted_by_sessions": interested, "frames_delivered": delivered,
-            "frames_per_s": delivered / elapsed, "sent_of_unconflated": delivered / unconflated,
+            "frames_per_s": delivered / elapsed,
+            "sent_of_unconflated": delivered / max(unconflated, 1),
             "server_cpu_us_per_frame": cpu / max(delivered, 1) * 1e6,
             "age_p50_ms": _pct(ages, 0.5), "age_p99_ms": _pct(ages, 0.99),
             "age_max_ms": max(ages, default=float("nan"))}
@@ -162,8 +212,8 @@ def measure_quotes(url: str, settings: config.Settings, sessions: int = 1000,
     print(f"orderstream bench --quotes: server pid {proc.pid} on port {port}, "
           f"{os.cpu_count()} CPUs; clients, writer and server on this machine")
     try:
-        return asyncio.run(_run(url, psutil.Process(proc.pid), port, token, symbols, sessions,
-                                per_session, rate, seconds))
+        return _run(url, psutil.Process(proc.pid), port, token, symbols, sessions, per_session,
+                    rate, seconds)
     finally:
         proc.terminate()
         proc.wait(15)

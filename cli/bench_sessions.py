@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import json
 import os
 import struct
 import time
 import zlib
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from urllib.parse import urlsplit
 
@@ -55,12 +57,14 @@ def _client_frame(opcode: int, payload: bytes) -> bytes:
     return header + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
 
 
-class _Session(asyncio.Protocol):
+class Session(asyncio.Protocol):
     """One socket: handshake, subscribe, then count order frames and keep their latency."""
 
-    def __init__(self, target: Target, latencies: list[float]) -> None:
+    def __init__(self, target: Target, latencies: list[float],
+                 subscription: bytes = _SUBSCRIBE) -> None:
         self.target = target
         self.latencies = latencies
+        self.subscription = subscription  # the text frame sent once upgraded
         self.events = 0
         self.opened: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.transport: asyncio.Transport | None = None
@@ -97,7 +101,8 @@ class _Session(asyncio.Protocol):
                 return
             self._upgraded = True
             if self.target.subscribe:
-                self.transport.write(_client_frame(0x1, _SUBSCRIBE))  # type: ignore[union-attr]
+                self.transport.write(  # type: ignore[union-attr]
+                    _client_frame(0x1, self.subscription))
             else:
                 self.opened.set_result(None)
         start, end = 0, len(buffer)
@@ -142,12 +147,12 @@ class _Session(asyncio.Protocol):
             self.transport.close()
 
 
-async def _open(target: Target, latencies: list[float]) -> _Session:
+async def open_session(target: Target, make: Callable[[], Session]) -> Session:
+    """The session `make` returns, connected to `target` and opened."""
     parts = urlsplit(target.url)
     loop = asyncio.get_running_loop()
     _, session = await asyncio.wait_for(
-        loop.create_connection(lambda: _Session(target, latencies), parts.hostname,
-                               parts.port), OPEN_TIMEOUT)
+        loop.create_connection(make, parts.hostname, parts.port), OPEN_TIMEOUT)
     try:
         await asyncio.wait_for(session.opened, OPEN_TIMEOUT)
     except BaseException:
@@ -158,12 +163,13 @@ async def _open(target: Target, latencies: list[float]) -> _Session:
 
 async def _client(pipe: Connection, targets: list[Target]) -> None:
     latencies: list[float] = []
-    opened: list[_Session | BaseException] = []
+    opened: list[Session | BaseException] = []
     for start in range(0, len(targets), OPEN_AT_ONCE):
         opened += await asyncio.gather(
-            *(_open(t, latencies) for t in targets[start:start + OPEN_AT_ONCE]),
+            *(open_session(t, functools.partial(Session, t, latencies))
+              for t in targets[start:start + OPEN_AT_ONCE]),
             return_exceptions=True)
-    sessions = [s for s in opened if isinstance(s, _Session)]
+    sessions = [s for s in opened if isinstance(s, Session)]
     pipe.send(("ready", len(targets) - len(sessions)))
     loop = asyncio.get_running_loop()
     expected, timeout = await loop.run_in_executor(None, pipe.recv)
