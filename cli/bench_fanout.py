@@ -112,6 +112,8 @@ async def _client(pipe: Connection, all_targets: list[Target]) -> None:
     for reader in readers:
         reader.cancel()
     pipe.send((sum(counts), latencies))
+    # Closed only once the server's CPU is read: closing 100 sockets is not delivery.
+    await asyncio.get_running_loop().run_in_executor(None, pipe.recv)
     for ws in sockets:
         await ws.close()
 
@@ -210,9 +212,10 @@ def _run_rate(db: psycopg.Connection, build: Build, rate: int, seconds: float,
         if pause > 0:
             time.sleep(pause)
     received, latencies = gather(clients, committed)
-    for process, _ in clients:
-        process.join(10)
     cpu = _cpu_seconds(server) - cpu_before
+    for process, pipe in clients:
+        pipe.send("close")
+        process.join(10)
     expected = sum(committed.values()) * sockets_per_owner
     return Result(build.name, rate, received, expected - received, _pct(latencies, 0.5),
                   _pct(latencies, 0.99), cpu / max(received, 1) * 1e6, failures,
