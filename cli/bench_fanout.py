@@ -349,7 +349,7 @@ def run_fanout(url: str, ours: subprocess.Popen[bytes], port: int,
                         for owner, token in owners for _ in range(scale_sessions // OWNERS)]
                 from cli.bench_sessions import run_sessions  # it imports this module
 
-                sessions = run_sessions(db, builds[0], many, max(seconds, 5.0), processes=4,
+                sessions = run_sessions(db, builds[0], many, max(seconds, 5.0),
                                         interval=1.0 / OWNERS)
             return results, Extras(latency, bulk_rows, bulk, sessions)
         finally:

@@ -202,7 +202,7 @@ def _sessions(bench: Bench) -> None:
         passes_before = _full_passes(bench.port)
         result = run_sessions(db, bench.build("orderstream"), _many(bench.port, bench.owners,
                                                                      count),
-                              seconds, processes=4, interval=1.0 / OWNERS)
+                              seconds, interval=1.0 / OWNERS)
         passes = _full_passes(bench.port) - passes_before
         # The same on `serve --workers 2`: each burst shared by two processes.
         proc, port = _start_server(bench.url, bench.settings, 2,
@@ -210,7 +210,7 @@ def _sessions(bench: Bench) -> None:
         try:
             workers = run_sessions(db, Build("orderstream --workers 2", proc, "orders", [],
                                              bench.rows),
-                                   _many(port, bench.owners, count), seconds, processes=4,
+                                   _many(port, bench.owners, count), seconds,
                                    interval=1.0 / OWNERS)
         finally:
             proc.terminate()

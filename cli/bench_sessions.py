@@ -42,6 +42,10 @@ from cli.bench_fanout import (
 from web.frames import event_ts
 
 OPEN_AT_ONCE = 50  # sockets opening together, per client process
+# One client process for all sessions: with four, on 2 CPUs, the same server spent 15-19 us
+# per frame and its p99 was 102-106 ms, against 13-16 us and 79-95 ms with one (three
+# interleaved rounds, docs/benchmarks.md): waking four readers costs the sender more.
+CLIENT_PROCESSES = 1
 OPEN_TIMEOUT = 30.0  # seconds for one socket's handshake and `subscribed`
 _SUBSCRIBE = json.dumps({"op": "subscribe", "channel": "orders"}).encode()
 
@@ -193,7 +197,8 @@ def _client_main(pipe: Connection, targets: list[Target]) -> None:
 
 
 def run_sessions(db: psycopg.Connection, build: Build, targets: list[Target],
-                 seconds: float, processes: int, interval: float) -> Result:
+                 seconds: float, interval: float,
+                 processes: int = CLIENT_PROCESSES) -> Result:
     """Open `targets` from `processes` client processes, then update one row every
     `interval` seconds, owner after owner, for `seconds`: each update reaches every
     session of its owner."""
