@@ -7,13 +7,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+from types import SimpleNamespace
+
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.protocol import State
 
 from db.change import Change
 from db.position import Snapshot
 from tests.support.memory_log import MemoryLog
+from web.frame_writer import Flusher, FrameWriter
 from web.hub import Hub
 from web.quotes import PIPE_BYTES
 from web.subscriber import FrameQueue
+from web.wire import text_frame
 
 
 class Socket:
@@ -127,7 +133,7 @@ async def test_quotes_wait_in_the_box_when_the_pipe_is_full_and_conflate_there()
     queue, socket = FrameQueue(1 << 20), Socket()
     queue.direct = socket.take
     pipe_full = True
-    queue.quote_gate = lambda: not pipe_full
+    queue.quote_room = lambda: -1 if pipe_full else PIPE_BYTES
     getter = await parked(queue)
     assert queue.put_quote("A", 1, quote("A", 1)) is False
     assert queue.put_quote("A", 2, quote("A", 2)) is True  # replaced the unsent one
@@ -164,3 +170,70 @@ async def test_a_quote_never_passes_a_frame_the_sender_was_woken_for():
     assert socket.frames == []
     assert await getter == ['{"type": "subscribed", "channel": "quotes"}']
     assert await queue.get_events(10) == [quote("A", 1)]
+
+
+class StuckPipe:
+    """A transport whose reader has stopped: everything written stays in its pipe, until
+    `drain`."""
+
+    def __init__(self, held: int) -> None:
+        self.held = held
+        self.written = b""
+
+    def write(self, data: bytes) -> None:
+        self.held += len(data)
+        self.written += data
+
+    def is_closing(self) -> bool:
+        return False
+
+    def get_write_buffer_size(self) -> int:
+        return self.held
+
+    def drain(self) -> None:
+        self.held = 0
+
+
+def real_writer(transport: StuckPipe) -> FrameWriter:
+    """A FrameWriter on uvicorn's protocol as FrameWriter reads it (the attributes it names),
+    over `transport`: the one that takes offers in the server."""
+    protocol = WebSocketsSansIOProtocol.__new__(WebSocketsSansIOProtocol)
+    protocol.conn = SimpleNamespace(extensions=[], state=State.OPEN)
+    protocol.transport = transport
+    protocol.writable = asyncio.Event()
+    protocol.writable.set()
+    protocol.disconnected = protocol.close_sent = False
+    protocol.handshake_complete = True
+    protocol.initial_response = None
+    writer = FrameWriter(protocol.send, Flusher())
+    assert writer.takes_offers
+    return writer
+
+
+async def test_a_burst_of_quotes_fills_a_stuck_readers_pipe_no_further_than_its_room():
+    pipe = StuckPipe(held=PIPE_BYTES - 100)  # nearly full: room for one quote
+    queue, writer = FrameQueue(1 << 20), real_writer(pipe)
+    queue.quote_room = lambda: PIPE_BYTES - pipe.held
+    queue.direct = writer.offer
+
+    async def sender() -> None:  # web/ws.py _send_loop, as far as quotes go
+        while True:
+            frames = await queue.get_events(10)
+            writer.flush()
+            await writer.write(frames)
+
+    task = asyncio.create_task(sender())
+    await asyncio.sleep(0)
+    frames = [quote(f"I{i:03d}", 1) for i in range(100)]  # every instrument, after a gap
+    for i, frame in enumerate(frames):
+        queue.put_quote(f"I{i:03d}", 1, frame)
+    for _ in range(20):
+        await asyncio.sleep(0)
+    one = len(text_frame(frames[0]))
+    assert PIPE_BYTES < pipe.held <= PIPE_BYTES + one  # the gate shut after one quote
+    # The reader reads again: the rest follow, in order, each once.
+    while queue.quotes or not pipe.written.endswith(frames[-1].encode()):
+        pipe.drain()
+        await asyncio.sleep(0.02)
+    task.cancel()
+    assert pipe.written == b"".join(map(text_frame, frames))

@@ -51,7 +51,7 @@ async def test_a_queued_reply_goes_before_the_quotes_it_acknowledges():
 async def test_a_shut_gate_holds_quotes_and_conflates_them_but_not_frames():
     queue = FrameQueue(1 << 20)
     open_ = False
-    queue.quote_gate = lambda: open_
+    queue.quote_room = lambda: 0 if open_ else -1
     queue.put_quote("A", 1, "a1")
     queue.put("pong")
     assert await queue.get_events(1) == ["pong"]  # frames flow while quotes wait

@@ -22,8 +22,10 @@ if TYPE_CHECKING:
 
 MAX_INSTRUMENTS = 200
 # Quotes are written only while less than this is waiting in the socket's pipe (the event
-# loop's buffer plus the kernel's unacknowledged bytes). The kernel grows a send buffer to
-# megabytes: without the gate a silent reader's backlog would sit there, not in the box.
+# loop's buffer plus the kernel's unacknowledged bytes), and then at most this much in all
+# with the quotes offered in the same turn of the loop (web/subscriber.py). The kernel grows
+# a send buffer to megabytes: without the gate a silent reader's backlog would sit there,
+# not in the box.
 PIPE_BYTES = 4 * 1024
 
 
@@ -68,32 +70,38 @@ class QuoteBox:
         self.versions.clear()
 
 
-def pipe_gate(send: object) -> Callable[[], bool]:
-    """A quote gate for the socket behind the ASGI `send` of the server (uvicorn's protocol
-    object, which holds the transport); open always where the pipe cannot be measured."""
+def pipe_room(send: object) -> Callable[[], int]:
+    """How many more bytes the pipe of the socket behind the ASGI `send` of the server
+    (uvicorn's protocol object, which holds the transport) takes before it holds PIPE_BYTES:
+    the event loop's buffer and the kernel's unacknowledged bytes together. Quotes are
+    written while it is not negative. PIPE_BYTES where the pipe cannot be measured, and for
+    a closing socket (whatever it is given is dropped: quotes must not wait on it)."""
     try:
         import fcntl
         import termios
-    except ImportError:  # not POSIX: the pipe cannot be measured, the gate stays open
+    except ImportError:  # not POSIX: the pipe cannot be measured, quotes always go
         fcntl = termios = None  # type: ignore[assignment]
     transport = getattr(getattr(send, "__self__", None), "transport", None)
     sock = transport.get_extra_info("socket") if transport is not None else None
     outq = getattr(termios, "TIOCOUTQ", None)
     if sock is None or outq is None or fcntl is None:
-        return lambda: True
+        return lambda: PIPE_BYTES
     fd = sock.fileno()
     zero = bytes(4)
 
-    def gate() -> bool:
-        if transport.is_closing() or transport.get_write_buffer_size() > PIPE_BYTES:
-            return transport.is_closing()
+    def room() -> int:
+        if transport.is_closing():
+            return PIPE_BYTES
+        room = PIPE_BYTES - transport.get_write_buffer_size()
+        if room < 0:
+            return room
         try:
             (queued,) = struct.unpack("i", fcntl.ioctl(fd, outq, zero))
         except OSError:
-            return True
-        return queued <= PIPE_BYTES
+            return room
+        return room - queued
 
-    return gate
+    return room
 
 
 def instrument_ok(name: object) -> bool:

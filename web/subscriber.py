@@ -25,7 +25,8 @@ QUOTE_TURN = 16
 QUOTE_GATE_RETRY = 0.01
 # Bytes offered before a live event that a socket may hold for the next flush (the direct
 # path, FrameWriter.offer): past it events queue and count against the session's budget.
-# Quotes take the direct path while the pipe holds less than PIPE_BYTES with them.
+# Quotes take it while the socket's pipe and the frames offered before them hold at most
+# PIPE_BYTES (web/quotes.py).
 OFFER_BYTES = 64 * 1024
 
 
@@ -66,9 +67,10 @@ class FrameQueue:
         # nothing it took can be overtaken.
         self.direct: Callable[[str, int], bool] | None = None
         self._parked = False
-        # Whether a quote may be written now (web/quotes.py pipe_gate): while the socket's
-        # pipe is full, quotes wait in the box and conflate instead of queueing in the kernel.
-        self.quote_gate: Callable[[], bool] = lambda: True
+        # How many more bytes the socket's pipe takes (web/quotes.py pipe_room): while it is
+        # negative (the pipe is full), quotes wait in the box and conflate instead of
+        # queueing in the kernel.
+        self.quote_room: Callable[[], int] = lambda: PIPE_BYTES
 
     def __len__(self) -> int:
         return len(self._frames)
@@ -116,12 +118,13 @@ class FrameQueue:
         if result is None:
             return None
         # Parked: the box held nothing else (a quote waiting on the gate keeps the sender
-        # awake), so this one overtakes nothing. The pipe's room counts the frames offered
-        # in this turn of the loop too: a reader that stops still gets quotes conflated.
-        if (self._parked and self.direct is not None and self.quote_gate()
-                and self.direct(frame, PIPE_BYTES)):
-            self.quotes.pending.pop(instrument)
-            return result
+        # awake), so this one overtakes nothing. The frames offered in this turn of the loop
+        # are not in the pipe yet: offered, they may fill the room it has, no more.
+        if self._parked and self.direct is not None:
+            room = self.quote_room()
+            if room >= 0 and self.direct(frame, room):
+                self.quotes.pending.pop(instrument)
+                return result
         self._wake()
         return result
 
@@ -133,7 +136,7 @@ class FrameQueue:
         it, up to `most` of them and (past the first) `most_bytes` of text."""
         while True:
             if (self.quotes and (not self._frames or self._streak >= QUOTE_TURN)
-                    and self.quote_gate()):
+                    and self.quote_room() >= 0):
                 self._streak = 0
                 return [self.quotes.take()]
             if self._frames:

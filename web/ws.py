@@ -245,7 +245,7 @@ async def _send_loop(websocket: WebSocket, sub: Subscriber, hub: Hub, send: Send
     """Write what the queue holds through `send`, as the server gave it (a method of uvicorn's
     protocol: FrameWriter writes past it where it can)."""
     counters = hub.counters
-    sub.queue.quote_gate = quotes.pipe_gate(send)
+    sub.queue.quote_room = quotes.pipe_room(send)
     # Offered frames that failed to go out are lost: closed with 1011, the client resumes
     # from its cursor and gets them from the change log.
     writer = FrameWriter(send, websocket.state.flusher, counters,
