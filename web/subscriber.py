@@ -19,7 +19,9 @@ CLOSE = "\x00close"
 # Per queued frame, beside its text: the str object and the deque slot (bytes).
 FRAME_OVERHEAD = 64
 # While quotes wait, at most this many queued frames go out before one of them: order
-# events cannot starve quotes, and a `subscribed` reply still precedes the quotes it acks.
+# events cannot starve quotes while the pipe has room for them (while events keep it fuller
+# than PIPE_BYTES, quotes wait in the box, conflated), and a `subscribed` reply still
+# precedes the quotes it acks.
 QUOTE_TURN = 16
 # While the quote gate is shut (the socket's pipe is full), how often to look again (s).
 QUOTE_GATE_RETRY = 0.01
