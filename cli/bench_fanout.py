@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psutil
@@ -155,10 +156,11 @@ class Build:
         self.rows = rows
 
 
-def spawn_clients(main: Callable[[Connection, list[Target]], None], targets: list[Target],
+def spawn_clients(main: Callable[[Connection, list[Any]], None], targets: list[Any],
                   processes: int) -> list[tuple[multiprocessing.process.BaseProcess, Connection]]:
-    """`processes` client processes running `main`, each with every processes-th target and
-    its end of a pipe; (process, our end) each."""
+    """`processes` client processes running `main`, each with every processes-th target (or
+    whatever a client takes one of per session) and its end of a pipe; (process, our end)
+    each."""
     context = multiprocessing.get_context("spawn")
     clients = []
     for i in range(processes):

@@ -7,7 +7,7 @@ of each delivered quote (trigger time to the client's receive) at p50/p99/max, a
 server's CPU per quote frame.
 
 The clients are the lean ones of the sessions scenario (cli/bench_sessions.py: a Protocol
-per socket, frames parsed from raw bytes), in two processes. With one process of
+per socket, frames parsed from raw bytes), in one process. With one process of
 websockets clients (a task and a JSON decode per frame), the clients were the slowest part:
 the same server measured quote ages of 5-560 ms at p50, by how busy that process was.
 """
@@ -24,15 +24,15 @@ import secrets
 import time
 from multiprocessing.connection import Connection
 from multiprocessing.sharedctypes import Synchronized
-from typing import Any
+from typing import Any, cast
 
 import psutil
 import psycopg
 
 import config
 from cli.bench import _pct, _start_server
-from cli.bench_fanout import Target, _cpu_seconds
-from cli.bench_sessions import OPEN_AT_ONCE, Session, open_session
+from cli.bench_fanout import Target, _cpu_seconds, spawn_clients
+from cli.bench_sessions import Session, open_sessions, run_client
 from cli.users import create_token, create_user
 from web.passwords import Passwords
 
@@ -87,15 +87,11 @@ class _QuoteSession(Session):
             self.latencies.append(received - float(text[at + 4:text.rfind("}")].lstrip(" :")))
 
 
-async def _client(pipe: Connection, target: Target, choices: list[list[str]]) -> None:
+async def _client(pipe: Connection, choices: list[list[str]], target: Target) -> None:
     ages: list[float] = []
-    opened: list[Session | BaseException] = []
-    for start in range(0, len(choices), OPEN_AT_ONCE):
-        opened += await asyncio.gather(
-            *(open_session(target, functools.partial(_QuoteSession, target, ages, chosen))
-              for chosen in choices[start:start + OPEN_AT_ONCE]), return_exceptions=True)
-    sessions = [s for s in opened if isinstance(s, _QuoteSession)]
-    failed = [s for s in opened if not isinstance(s, _QuoteSession)]
+    opened, failed = await open_sessions(
+        [(target, functools.partial(_QuoteSession, target, ages, chosen)) for chosen in choices])
+    sessions = cast(list[_QuoteSession], opened)
     pipe.send(("ready", len(failed), repr(failed[0]) if failed else ""))
     loop = asyncio.get_running_loop()
     await loop.run_in_executor(None, pipe.recv)  # go
@@ -109,13 +105,8 @@ async def _client(pipe: Connection, target: Target, choices: list[list[str]]) ->
         session.close()
 
 
-def _client_main(pipe: Connection, target: Target, choices: list[list[str]]) -> None:
-    try:
-        import uvloop
-    except ImportError:  # asyncio's own loop reads the sockets too, at a higher cost
-        asyncio.run(_client(pipe, target, choices))
-    else:
-        uvloop.run(_client(pipe, target, choices))
+def _client_main(pipe: Connection, choices: list[list[str]], target: Target) -> None:
+    run_client(_client(pipe, choices, target))
 
 
 def _run(url: str, server: psutil.Process, port: int, token: str, symbols: list[str],
@@ -125,14 +116,8 @@ def _run(url: str, server: psutil.Process, port: int, token: str, symbols: list[
     target = Target(f"ws://127.0.0.1:{port}/ws", {"Authorization": f"Bearer {token}"}, True, 0)
     spawn = multiprocessing.get_context("spawn")
     opened = time.monotonic()
-    clients = []
-    for i in range(CLIENT_PROCESSES):
-        parent, child = spawn.Pipe()
-        process = spawn.Process(target=_client_main, args=(child, target,
-                                                            choices[i::CLIENT_PROCESSES]),
-                                daemon=True, name=f"bench-quotes-client-{i}")
-        process.start()
-        clients.append((process, parent))
+    clients = spawn_clients(functools.partial(_client_main, target=target), choices,
+                            CLIENT_PROCESSES)
     try:
         failures = [pipe.recv() for _, pipe in clients]
         if any(count for _, count, _ in failures):

@@ -22,8 +22,9 @@ import os
 import struct
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from multiprocessing.connection import Connection
+from typing import Any
 from urllib.parse import urlsplit
 
 import psutil
@@ -165,16 +166,35 @@ async def open_session(target: Target, make: Callable[[], Session]) -> Session:
     return session
 
 
+async def open_sessions(makers: list[tuple[Target, Callable[[], Session]]]
+                        ) -> tuple[list[Session], list[BaseException]]:
+    """Each (target, make) pair opened, OPEN_AT_ONCE at a time (all at once would only
+    measure the accept queue): the sessions that opened, and why the others did not."""
+    opened: list[Session | BaseException] = []
+    for start in range(0, len(makers), OPEN_AT_ONCE):
+        opened += await asyncio.gather(
+            *(open_session(target, make) for target, make in makers[start:start + OPEN_AT_ONCE]),
+            return_exceptions=True)
+    return ([s for s in opened if isinstance(s, Session)],
+            [s for s in opened if isinstance(s, BaseException)])
+
+
+def run_client(client: Coroutine[Any, Any, None]) -> None:
+    """Run a client process's coroutine on uvloop, or asyncio's own loop without it (which
+    reads the sockets too, at a higher cost)."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(client)
+    else:
+        uvloop.run(client)
+
+
 async def _client(pipe: Connection, targets: list[Target]) -> None:
     latencies: list[float] = []
-    opened: list[Session | BaseException] = []
-    for start in range(0, len(targets), OPEN_AT_ONCE):
-        opened += await asyncio.gather(
-            *(open_session(t, functools.partial(Session, t, latencies))
-              for t in targets[start:start + OPEN_AT_ONCE]),
-            return_exceptions=True)
-    sessions = [s for s in opened if isinstance(s, Session)]
-    pipe.send(("ready", len(targets) - len(sessions)))
+    sessions, failed = await open_sessions(
+        [(t, functools.partial(Session, t, latencies)) for t in targets])
+    pipe.send(("ready", len(failed)))
     loop = asyncio.get_running_loop()
     expected, timeout = await loop.run_in_executor(None, pipe.recv)
     deadline = time.monotonic() + timeout
@@ -188,12 +208,7 @@ async def _client(pipe: Connection, targets: list[Target]) -> None:
 
 
 def _client_main(pipe: Connection, targets: list[Target]) -> None:
-    try:
-        import uvloop
-    except ImportError:  # asyncio's own loop reads the sockets too, at a higher cost
-        asyncio.run(_client(pipe, targets))
-    else:
-        uvloop.run(_client(pipe, targets))
+    run_client(_client(pipe, targets))
 
 
 def run_sessions(db: psycopg.Connection, build: Build, targets: list[Target],

@@ -125,7 +125,7 @@ class FrameQueue:
         if self._parked and self.direct is not None:
             room = self.quote_room()
             if room >= 0 and self.direct(frame, room):
-                self.quotes.pending.pop(instrument)
+                self.quotes.take()  # sent: it was the only one
                 return result
         self._wake()
         return result
