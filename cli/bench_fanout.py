@@ -31,6 +31,7 @@ import websockets
 import config
 from cli import naive_build
 from cli.bench import _free_port, _pct, _start_server
+from cli.process_cpu import cpu_seconds
 from cli.users import create_token, create_user
 from web.frames import event_ts
 from web.passwords import Passwords
@@ -136,14 +137,6 @@ def _wait_healthy(url: str, proc: subprocess.Popen[bytes]) -> None:
     raise RuntimeError(f"{url}: the server did not start")
 
 
-def _cpu_seconds(proc: psutil.Process) -> float:
-    total = 0.0
-    for p in [proc, *proc.children(recursive=True)]:
-        times = p.cpu_times()
-        total += times.user + times.system
-    return total
-
-
 class Build:
     """A server under test: how to write to it and how to reach its sockets."""
 
@@ -200,7 +193,7 @@ def _run_rate(db: psycopg.Connection, build: Build, rate: int, seconds: float,
     committed = dict.fromkeys(owners, 0)
     batches = int(seconds / interval)
     server = psutil.Process(build.proc.pid)
-    cpu_before = _cpu_seconds(server)
+    cpu_before = cpu_seconds(server)
     started = time.perf_counter()
     for batch in range(batches):
         ids = []
@@ -214,7 +207,7 @@ def _run_rate(db: psycopg.Connection, build: Build, rate: int, seconds: float,
         if pause > 0:
             time.sleep(pause)
     received, latencies = gather(clients, committed)
-    cpu = _cpu_seconds(server) - cpu_before
+    cpu = cpu_seconds(server) - cpu_before
     for process, pipe in clients:
         pipe.send("close")
         process.join(10)

@@ -31,8 +31,9 @@ import psycopg
 
 import config
 from cli.bench import _pct, _start_server
-from cli.bench_fanout import Target, _cpu_seconds, spawn_clients
+from cli.bench_fanout import Target, spawn_clients
 from cli.bench_sessions import Session, open_sessions, run_client
+from cli.process_cpu import cpu_seconds
 from cli.users import create_token, create_user
 from web.passwords import Passwords
 
@@ -132,14 +133,14 @@ def _run(url: str, server: psutil.Process, port: int, token: str, symbols: list[
         for _, pipe in clients:
             pipe.send("go")
         started = time.monotonic()
-        cpu_before = _cpu_seconds(server)
+        cpu_before = cpu_seconds(server)
         writer.start()
         writer.join()
         wrote_for = time.monotonic() - started
         # Let the last quotes arrive (conflated: the newest of each instrument), then stop.
         time.sleep(1.0)
         elapsed = time.monotonic() - started
-        cpu = _cpu_seconds(server) - cpu_before
+        cpu = cpu_seconds(server) - cpu_before
         delivered, ages = 0, []
         for _, pipe in clients:
             pipe.send("stop")

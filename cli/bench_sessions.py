@@ -36,10 +36,10 @@ from cli.bench_fanout import (
     Build,
     Result,
     Target,
-    _cpu_seconds,
     gather,
     spawn_clients,
 )
+from cli.process_cpu import cpu_seconds
 from web.frames import event_ts
 
 OPEN_AT_ONCE = 50  # sockets opening together, per client process
@@ -223,7 +223,7 @@ def run_sessions(db: psycopg.Connection, build: Build, targets: list[Target],
     sessions_of = {owner: sum(t.owner == owner for t in targets) for owner in owners}
     committed = dict.fromkeys(owners, 0)
     server = psutil.Process(build.proc.pid)
-    cpu_before = _cpu_seconds(server)
+    cpu_before = cpu_seconds(server)
     started = time.perf_counter()
     for update in range(int(seconds / interval)):
         owner = owners[update % len(owners)]
@@ -235,7 +235,7 @@ def run_sessions(db: psycopg.Connection, build: Build, targets: list[Target],
         if pause > 0:
             time.sleep(pause)
     received, latencies = gather(clients, committed)
-    cpu = _cpu_seconds(server) - cpu_before
+    cpu = cpu_seconds(server) - cpu_before
     # Every process of the server: with --workers, each worker holds its own sockets.
     rss = sum(p.memory_info().rss for p in [server, *server.children(recursive=True)])
     for process, pipe in clients:

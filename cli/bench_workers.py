@@ -26,10 +26,10 @@ from cli.bench_fanout import (
     BATCH_INTERVAL,
     ROWS_PER_OWNER,
     Target,
-    _cpu_seconds,
     _open,
     spawn_clients,
 )
+from cli.process_cpu import cpu_seconds
 from web.frames import event_ts
 
 SETUPS = ("one process", "--workers 2", "two processes")
@@ -150,7 +150,7 @@ def _write_and_count(db: psycopg.Connection, setup: str, servers: list[subproces
                     ROWS_PER_OWNER * len(owners))
     committed = dict.fromkeys(owners, 0)
     processes = [psutil.Process(server.pid) for server in servers]
-    cpu_before = sum(_cpu_seconds(p) for p in processes)
+    cpu_before = sum(cpu_seconds(p) for p in processes)
     wall_started, started = time.time(), time.perf_counter()
     for batch in range(int(seconds / BATCH_INTERVAL)):
         ids = []
@@ -175,7 +175,7 @@ def _write_and_count(db: psycopg.Connection, setup: str, servers: list[subproces
         latencies += values
         last = max(last, last_received)
         process.join(10)
-    cpu = sum(_cpu_seconds(p) for p in processes) - cpu_before
+    cpu = sum(cpu_seconds(p) for p in processes) - cpu_before
     frames = sum(distinct + repeats for _, distinct, repeats, _ in per_session)
     missing = sum(max(committed[owner] - distinct, 0) for owner, distinct, _, _ in per_session)
     exact = sum(1 for owner, distinct, repeats, resyncs in per_session
