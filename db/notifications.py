@@ -19,7 +19,7 @@ from collections.abc import Callable
 import asyncpg
 
 from db.pool import CONNECT_TIMEOUT_S
-from db.signing import load_key, open_signed
+from db.signing import NotificationKey, load_key
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ class Notifications:
         # Channels whose notifications must carry the triggers' signature (db/signing.py);
         # the rest are hints the reader checks against the database itself.
         self._signed = signed
-        self._key = b""
+        self._key = NotificationKey(b"")
         self._queue: asyncio.Queue[Notification] = asyncio.Queue(maxsize=queue_size)
         self._health_interval = health_interval
         self._max_backoff = max_backoff
@@ -125,7 +125,7 @@ class Notifications:
 
     def _on_notification(self, conn: object, pid: int, channel: str, payload: str) -> None:
         if channel in self._signed:
-            opened = open_signed(self._key, channel, payload)
+            opened = self._key.open(channel, payload)
             if opened is None:
                 self.rejected += 1
                 # One line per unsigned notification would let its sender flood the log.

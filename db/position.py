@@ -60,7 +60,8 @@ class Snapshot:
     def parse(cls, text: str) -> Snapshot:
         """From pg_snapshot's text form "xmin:xmax:xip,xip,..."."""
         _, xmax, xip = text.split(":")
-        return cls(int(xmax), tuple(sorted(int(x) for x in xip.split(",") if x)))
+        # Most snapshots list no running transaction: no generator or sort for them.
+        return cls(int(xmax), tuple(sorted(map(int, xip.split(",")))) if xip else ())
 
     def seen_by(self, xid: int) -> Snapshot:
         """The snapshot of transaction `xid` itself: PostgreSQL leaves a transaction's own

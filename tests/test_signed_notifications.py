@@ -6,12 +6,14 @@ A writer can neither read the key nor see the pads in plan dumps."""
 
 from __future__ import annotations
 
+import hmac
 import json
 import secrets
 
 import psycopg
+import pytest
 
-from db.signing import open_signed, sign
+from db.signing import NotificationKey
 from tests.conftest import ServerProcess, insert_order, metrics, open_socket
 from tests.support.database import new_user, own_database
 from tests.support.market import make_instrument, upsert_quote
@@ -39,8 +41,10 @@ async def test_unsigned_or_wrongly_signed_notifications_are_ignored(own_server, 
             plausible,  # unsigned, shaped like the real thing
             "1 999999999998 1:999999999999: 999999 - {}",  # the old future-xid forgery
             "truncate 999999999",  # would tell every session to reload
-            sign(secrets.token_bytes(64), "orders", plausible),  # signed, not with the key
-            sign(notification_key(sql), "quotes", plausible),  # signed for another channel
+            # signed, not with the key
+            NotificationKey(secrets.token_bytes(64)).sign("orders", plausible),
+            # signed for another channel
+            NotificationKey(notification_key(sql)).sign("quotes", plausible),
             "0" * 32 + " " + plausible,  # a tag of the right shape
             "\u00e9" * 32 + " " + plausible,  # one compare_digest refuses to compare as str
         ):
@@ -61,11 +65,11 @@ async def test_a_signed_notification_past_the_database_resets_with_resync(own_se
     move the listener's position past every real change; the position check sees it past
     the database's own, resets it, and sessions are told to reload."""
     alice = make_user()
-    key = notification_key(sql)
+    key = NotificationKey(notification_key(sql))
     async with open_socket(own_server, alice) as ws:
         await ws.subscribe_orders()
         sql.execute("SELECT pg_notify('orders', %s)",
-                    (sign(key, "orders", "1 999999999998 1:999999999999: 999999 - {}"),))
+                    (key.sign("orders", "1 999999999998 1:999999999999: 999999 - {}"),))
         resync = await ws.recv_type("resync", timeout=5)
         assert resync["reason"] == "forged notification"
         order_id = insert_order(sql, alice.id, "AFTER_RESET")
@@ -78,7 +82,7 @@ def test_the_triggers_sign_what_they_send_the_way_the_listener_checks(db_url, ma
     alice = make_user()
     with psycopg.connect(db_url, autocommit=True) as listen, \
             psycopg.connect(db_url, autocommit=True) as sql:
-        key = notification_key(sql)
+        key = NotificationKey(notification_key(sql))
         listen.execute("LISTEN orders")
         order_id = insert_order(sql, alice.id, "ÄÖÜ-€-日本")
         sql.execute("UPDATE orders SET note = %s WHERE id = %s",
@@ -89,13 +93,13 @@ def test_the_triggers_sign_what_they_send_the_way_the_listener_checks(db_url, ma
                     " SELECT %s, 'BULK', 1, 1 FROM generate_series(1, 150)", (alice.id,))
         received = [n.payload for n in listen.notifies(timeout=5, stop_after=9)]
     assert len(received) == 9
-    opened = [open_signed(key, "orders", payload) for payload in received]
+    opened = [key.open("orders", payload) for payload in received]
     assert None not in opened, received
     assert opened[-1].endswith(" bulk")  # type: ignore[union-attr]
     assert "ÄÖÜ-€-日本" in opened[0]  # type: ignore[operator]
     # The signature covers the payload: one changed character and it is refused.
     tampered = received[0].replace("ÄÖÜ", "AOU")
-    assert open_signed(key, "orders", tampered) is None
+    assert key.open("orders", tampered) is None
 
 
 def test_writers_cannot_read_the_key_or_write_the_log(db_url):
@@ -151,6 +155,19 @@ async def test_a_replayed_truncate_is_acted_on_once(own_server, server_url):
                     assert (await ws.recv_type("order"))["order"]["id"] == later
         finally:
             proc.stop()
+
+
+@pytest.mark.parametrize("length", [0, 1, 32, 63, 64, 65, 200])
+def test_the_keys_pads_give_rfc_2104s_hmac_for_any_key_length(length):
+    """The pads are hashed once; a tag is HMAC-SHA256 all the same, long keys hashed first."""
+    key = secrets.token_bytes(length)
+    for payload in ("", "1 2 3:4: 5 - {}", "\u00e9\u65e5\U0001f642" * 300):
+        expected = hmac.new(key, f"orders {payload}".encode(), "sha256").hexdigest()[:32]
+        assert NotificationKey(key).tag("orders", payload) == expected
+        assert NotificationKey(key).open("orders", f"{expected} {payload}") == payload
+    # Tagging leaves the keyed states as they were: the same tag twice.
+    signer = NotificationKey(key)
+    assert signer.sign("quotes", "x") == signer.sign("quotes", "x")
 
 
 def test_a_writer_sees_no_pads_in_plan_dumps(db_url, make_user):
