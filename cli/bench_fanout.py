@@ -5,12 +5,16 @@ received, frames missing, and server CPU per frame. A rate is held when p99 <= 5
 nothing is missing.
 
 The sockets live in two client processes, so the bench's own Python does not share a core
-with them.
+with them, and are the lean clients of cli/bench_client.py: with websockets' client (a
+reader task and a frame object per frame) the clients were the bottleneck at 40,000 and
+50,000 frames/s on a slower 2-CPU machine (ours p99 31-61 ms at 50,000, against 9-35 ms
+with the lean clients; docs/benchmarks.md, "Session 11").
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import multiprocessing
 import os
@@ -31,6 +35,7 @@ import websockets
 import config
 from cli import naive_build
 from cli.bench import _free_port, _pct, _start_server
+from cli.bench_client import client_main
 from cli.process_cpu import cpu_seconds
 from cli.users import create_token, create_user
 from web.frames import event_ts
@@ -80,48 +85,6 @@ async def _open(target: Target) -> websockets.ClientConnection:
         if '"subscribed"' not in await asyncio.wait_for(ws.recv(), 30):
             raise RuntimeError("no subscribed frame")
     return ws
-
-
-async def _client(pipe: Connection, all_targets: list[Target]) -> None:
-    # Opened 50 at a time, all at once past that would only measure the accept queue.
-    opened: list[websockets.ClientConnection | BaseException] = []
-    for start in range(0, len(all_targets), 50):
-        opened += await asyncio.gather(*(_open(t) for t in all_targets[start:start + 50]),
-                                       return_exceptions=True)
-    targets = [t for t, ws in zip(all_targets, opened, strict=True)
-               if not isinstance(ws, BaseException)]
-    sockets = [ws for ws in opened if not isinstance(ws, BaseException)]
-    failures = len(all_targets) - len(sockets)
-    latencies: list[float] = []
-    counts = [0] * len(sockets)
-
-    async def read(index: int, ws: websockets.ClientConnection) -> None:
-        while True:
-            ts = event_ts(await ws.recv())  # type: ignore[arg-type]
-            if ts is not None:
-                latencies.append(time.time() * 1000 - ts)
-                counts[index] += 1
-
-    readers = [asyncio.create_task(read(i, ws)) for i, ws in enumerate(sockets)]
-    pipe.send(("ready", failures))
-    # The writer runs now; then the parent says how many events each owner got.
-    expected, timeout = await asyncio.get_running_loop().run_in_executor(None, pipe.recv)
-    deadline = time.monotonic() + timeout
-    # Polling costs the readers nothing measurable and keeps them free of bookkeeping.
-    while time.monotonic() < deadline and any(  # noqa: ASYNC110
-            counts[i] < expected[target.owner] for i, target in enumerate(targets)):
-        await asyncio.sleep(0.05)
-    for reader in readers:
-        reader.cancel()
-    pipe.send((sum(counts), latencies))
-    # Closed only once the server's CPU is read: closing 100 sockets is not delivery.
-    await asyncio.get_running_loop().run_in_executor(None, pipe.recv)
-    for ws in sockets:
-        await ws.close()
-
-
-def _client_main(pipe: Connection, targets: list[Target]) -> None:
-    asyncio.run(_client(pipe, targets))
 
 
 def _wait_healthy(url: str, proc: subprocess.Popen[bytes]) -> None:
@@ -185,7 +148,10 @@ def _run_rate(db: psycopg.Connection, build: Build, rate: int, seconds: float,
     every `interval` seconds, for `seconds`."""
     targets = build.targets if targets is None else targets
     sockets_per_owner = len(targets) // len(build.rows)
-    clients = spawn_clients(_client_main, targets, processes)
+    # Without permessage-deflate, as before the lean clients: the naive build would
+    # otherwise compress every frame, and ours compresses none this small.
+    clients = spawn_clients(functools.partial(client_main, offer_deflate=False), targets,
+                            processes)
     failures = sum(pipe.recv()[1] for _, pipe in clients)
     # Events per batch: each event reaches the owner's sockets.
     per_batch = max(1, round(rate / sockets_per_owner * interval))

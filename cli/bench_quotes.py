@@ -31,8 +31,8 @@ import psycopg
 
 import config
 from cli.bench import _pct, _start_server
+from cli.bench_client import Session, open_sessions, run_client
 from cli.bench_fanout import Target, spawn_clients
-from cli.bench_sessions import Session, open_sessions, run_client
 from cli.process_cpu import cpu_seconds
 from cli.users import create_token, create_user
 from web.passwords import Passwords
