@@ -115,7 +115,10 @@ async def _interleaved(url: str, builds: Sequence[Build], updates: int,
             timed = {}
             if floor is not None:
                 timed[FLOOR] = await floor.once(db, str(i))
-            for build, ws in sockets:
+            # The builds take turns going first: neither always follows the floor's NOTIFY
+            # or the other build's frame (what the one going second inherits: a database
+            # and a machine still busy with the first).
+            for build, ws in sockets if i % 2 == 0 else sockets[::-1]:
                 timed[build.name] = await _build_once(db, build, ws)
             if i >= WARM_UP:
                 for name, values in timed.items():
@@ -128,7 +131,7 @@ async def _interleaved(url: str, builds: Sequence[Build], updates: int,
 def interleaved_latency(url: str, builds: Sequence[Build], updates: int,
                         with_floor: bool = True) -> dict[str, Any]:
     """Per update: the floor's NOTIFY (if `with_floor`), then one single-row UPDATE per
-    build, each timed from commit returned to received; `updates` of each after a warm-up.
-    Returns {"samples_ms": {clock: {name: [ms, ...]}}, "floor_heard_before_commit_returned":
-    n}, clock one of CLOCKS, name FLOOR or a build's."""
+    build (their order alternating), each timed from commit returned to received; `updates`
+    of each after a warm-up. Returns {"samples_ms": {clock: {name: [ms, ...]}},
+    "floor_heard_before_commit_returned": n}, clock one of CLOCKS, name FLOOR or a build's."""
     return asyncio.run(_interleaved(url, builds, updates, with_floor))
