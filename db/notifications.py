@@ -32,6 +32,31 @@ DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError,
              asyncpg.InternalClientError, TimeoutError)
 
 
+class PromptConnection(asyncpg.Connection):
+    """asyncpg hands each notification to its listeners with `call_soon`: a turn of the
+    event loop (a poll of every socket) after it parsed it. This connection calls `prompt`
+    as it parses it, inside the read: on the single-event path (LISTEN callback, publish,
+    flush) one turn of three is saved, and notifications read together are all published
+    before the flush that follows them. Should asyncpg stop calling
+    `_process_notification`, the listeners added with `add_listener` still get everything,
+    a turn later.
+
+    `prompt` runs inside asyncpg's protocol: whatever it raises is logged here, never
+    raised into the parser."""
+
+    prompt: Callable[[int, str, str], None] | None = None
+
+    def _process_notification(self, pid: int, channel: str, payload: str) -> None:
+        prompt = self.prompt
+        if prompt is None:
+            super()._process_notification(pid, channel, payload)  # type: ignore[misc]
+            return
+        try:
+            prompt(pid, channel, payload)
+        except Exception:
+            log.exception("notification on %r from backend %s not handled", channel, pid)
+
+
 class Notifications:
     """LISTEN on `channels` over a dedicated connection; read them with get()."""
 
@@ -92,13 +117,14 @@ class Notifications:
         # Reconnects back off to at most `max_backoff` (1 s), so events flow again about a
         # second after the database comes back; CONNECT_TIMEOUT_S bounds each attempt.
         conn = await asyncpg.connect(
-            self._url, timeout=CONNECT_TIMEOUT_S,
+            self._url, timeout=CONNECT_TIMEOUT_S, connection_class=PromptConnection,
             server_settings={"application_name": self._application_name})
         try:
             if self._signed:
                 # Read on every connect: a re-keyed database is picked up with the connection.
                 self._key = await load_key(conn)
             conn.add_termination_listener(self._on_terminated)
+            conn.prompt = self._on_prompt
             for channel in self._channels:
                 await conn.add_listener(channel, self._on_notification)
         except BaseException:
@@ -122,6 +148,10 @@ class Notifications:
     def _on_terminated(self, conn: asyncpg.Connection) -> None:
         if conn is self._conn:
             self._mark_lost("connection terminated")
+
+    def _on_prompt(self, pid: int, channel: str, payload: str) -> None:
+        if channel in self._channels:
+            self._on_notification(None, pid, channel, payload)
 
     def _on_notification(self, conn: object, pid: int, channel: str, payload: str) -> None:
         if channel in self._signed:
