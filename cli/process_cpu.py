@@ -36,9 +36,8 @@ def process_cpu_seconds(proc: psutil.Process) -> float:
 
 
 def cpu_seconds(proc: psutil.Process) -> float:
-    """CPU seconds of a process and its children (a `serve --workers 2` counts its workers)."""
-    try:
-        children = proc.children(recursive=True)
-    except psutil.NoSuchProcess:
-        children = []
+    """CPU seconds of a process and its children (a `serve --workers 2` counts its workers).
+    Raises psutil.NoSuchProcess if `proc` itself is gone: a server that died mid-run has no
+    figure (a child gone meanwhile counts 0)."""
+    children = proc.children(recursive=True)
     return sum(process_cpu_seconds(p) for p in [proc, *children])

@@ -90,6 +90,7 @@ class Listener:
         self._health_interval = health_interval
         self._tasks: list[asyncio.Task[None]] = []
         self.replays = 0
+        self._ignored_auth = 0  # notifications on 'auth' of no user's (anyone may NOTIFY)
         self.forged = 0
         # Truncates acted on: those up to the floor (read at start) and these since.
         self._truncate_floor = 0
@@ -269,9 +270,19 @@ class Listener:
         elif channel == AUTH_CHANNEL:
             # Anyone who can connect may NOTIFY: the payload only says whose rights to
             # re-read, never what they are. Awaited here, so later events wait for it.
-            change = json.loads(payload)
+            try:
+                change = json.loads(payload)
+            except ValueError:
+                change = None
             user_id = change.get("user_id") if isinstance(change, dict) else None
-            if isinstance(user_id, int):
+            if not isinstance(user_id, int) or isinstance(user_id, bool):
+                # Not the triggers' shape: nobody's rights to re-read, and no reason to read
+                # the log (which an exception here would make every server do, per NOTIFY).
+                self._ignored_auth += 1
+                if self._ignored_auth & (self._ignored_auth - 1) == 0:  # 1, 2, 4, ...: no flood
+                    log.warning("ignored a notification on 'auth' that names no user (%d so"
+                                " far): %.200r", self._ignored_auth, payload)
+            else:
                 who = self._sink.identities(user_id)
                 if who.users:
                     try:

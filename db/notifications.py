@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
+from typing import Any
 
 import asyncpg
 
@@ -35,26 +36,26 @@ DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError,
 class PromptConnection(asyncpg.Connection):
     """asyncpg hands each notification to its listeners with `call_soon`: a turn of the
     event loop (a poll of every socket) after it parsed it. This connection calls `prompt`
-    as it parses it, inside the read: on the single-event path (LISTEN callback, publish,
-    flush) one turn of three is saved, and notifications read together are all published
-    before the flush that follows them. Should asyncpg stop calling
-    `_process_notification`, the listeners added with `add_listener` still get everything,
-    a turn later.
+    as it parses it, inside the read, between two messages: on the single-event path
+    (LISTEN callback, publish, flush) one turn of three is saved, and notifications read
+    together are all published before the flush that follows them. Should asyncpg stop
+    calling `_process_notification` (a private method), or call it differently, the
+    listeners added with `add_listener` still get everything, a turn later.
 
     `prompt` runs inside asyncpg's protocol: whatever it raises is logged here, never
-    raised into the parser."""
+    raised into the parser. It is never cleared: a closed connection reads nothing more."""
 
     prompt: Callable[[int, str, str], None] | None = None
 
-    def _process_notification(self, pid: int, channel: str, payload: str) -> None:
+    def _process_notification(self, *args: Any) -> None:
         prompt = self.prompt
-        if prompt is None:
-            super()._process_notification(pid, channel, payload)  # type: ignore[misc]
+        if prompt is None or len(args) != 3:
+            super()._process_notification(*args)  # type: ignore[misc]
             return
         try:
-            prompt(pid, channel, payload)
+            prompt(*args)
         except Exception:
-            log.exception("notification on %r from backend %s not handled", channel, pid)
+            log.exception("notification on %r from backend %s not handled", args[1], args[0])
 
 
 class Notifications:
@@ -150,8 +151,14 @@ class Notifications:
             self._mark_lost("connection terminated")
 
     def _on_prompt(self, pid: int, channel: str, payload: str) -> None:
-        if channel in self._channels:
+        if channel not in self._channels:
+            return
+        try:
             self._on_notification(None, pid, channel, payload)
+        except Exception:
+            # Not handled, so maybe missing: the reader fills the gap from the log.
+            log.exception("notification on %r from backend %s not handled", channel, pid)
+            self.put(None)
 
     def _on_notification(self, conn: object, pid: int, channel: str, payload: str) -> None:
         if channel in self._signed:

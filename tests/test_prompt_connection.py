@@ -10,7 +10,7 @@ import logging
 import asyncpg
 import pytest
 
-from db.notifications import PromptConnection
+from db.notifications import Notifications, PromptConnection
 
 CHANNEL = "orderstream_test_prompt"
 
@@ -41,8 +41,10 @@ async def test_notifications_read_together_are_all_handed_over_before_the_next_t
     flushed_after: list[list[str]] = []
     done = loop.create_future()
 
+    senders: set[tuple[int, str]] = set()
+
     def prompt(pid: int, channel: str, payload: str) -> None:
-        assert channel == CHANNEL and pid > 0
+        senders.add((pid, channel))  # checked outside: what this raises is only logged
         if not heard:
             loop.call_soon(lambda: flushed_after.append(list(heard)))
         heard.append(payload)
@@ -58,6 +60,8 @@ async def test_notifications_read_together_are_all_handed_over_before_the_next_t
     finally:
         await conn.close()
     assert heard == ["a", "b", "c"]
+    assert len(senders) == 1 and next(iter(senders))[1] == CHANNEL
+    assert next(iter(senders))[0] > 0
     assert flushed_after == [["a", "b", "c"]]
     assert late == []  # asyncpg's own dispatch was not used as well
 
@@ -106,3 +110,27 @@ async def test_without_a_handler_asyncpgs_listeners_get_everything(db_url, paylo
     finally:
         await conn.close()
     assert heard == payloads
+
+
+async def test_a_notification_the_listener_fails_on_is_a_gap_for_its_reader(db_url):
+    """Whatever the listener's handling raises, its reader hears "maybe missing" (None) and
+    reads the log, then the notifications after it as usual."""
+    notifications = Notifications(db_url, (CHANNEL,))
+    await notifications.start()
+    try:
+        calls = []
+
+        def arrival(channel: str, payload: str) -> bool:
+            calls.append(payload)
+            if payload == "bad":
+                raise RuntimeError("a bug on arrival")
+            return False  # queue it
+
+        notifications.on_arrival = arrival
+        await _notify_together(db_url, ["bad"])
+        assert await asyncio.wait_for(notifications.get(), 5) is None
+        await _notify_together(db_url, ["good"])
+        assert await asyncio.wait_for(notifications.get(), 5) == (CHANNEL, "good")
+        assert calls == ["bad", "good"]
+    finally:
+        await notifications.close()

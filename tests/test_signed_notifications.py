@@ -59,6 +59,24 @@ async def test_unsigned_or_wrongly_signed_notifications_are_ignored(own_server, 
     assert counters["orderstream_forged_notifications_total"] == 0
 
 
+async def test_a_notification_on_auth_that_names_no_user_is_ignored(own_server, make_user, sql):
+    """'auth' is unsigned (it only names whose rights to re-read): a payload of any other
+    shape changes nothing and sends no server to read the change log."""
+    alice = make_user()
+    async with open_socket(own_server, alice) as ws:
+        await ws.subscribe_orders()
+        before = await metrics(own_server)
+        for payload in ("x", "[]", '{"user_id": "1"}', '{"user_id": true}', "{}"):
+            sql.execute("SELECT pg_notify('auth', %s)", (payload,))
+        # Queued behind them for the listener: once it arrives, they have been handled.
+        order_id = insert_order(sql, alice.id, "AFTER_AUTH_NOISE")
+        assert (await ws.recv_type("order"))["order"]["id"] == order_id
+    after = await metrics(own_server)
+    replays = "orderstream_listener_replays_total"
+    assert after[replays] == before[replays]
+    assert after["orderstream_resyncs_sent_total"] == 0
+
+
 async def test_a_signed_notification_past_the_database_resets_with_resync(own_server, make_user,
                                                                           sql):
     """Were the key to leak, a signed payload naming a transaction far in the future would
