@@ -148,24 +148,37 @@ def _run_rate(db: psycopg.Connection, build: Build, rate: int, seconds: float,
     every `interval` seconds, for `seconds`."""
     targets = build.targets if targets is None else targets
     sockets_per_owner = len(targets) // len(build.rows)
-    # Without permessage-deflate, as before the lean clients: the naive build would
-    # otherwise compress every frame, and ours compresses none this small.
-    clients = spawn_clients(functools.partial(client_main, offer_deflate=False), targets,
-                            processes)
-    failures = sum(pipe.recv()[1] for _, pipe in clients)
     # Events per batch: each event reaches the owner's sockets.
     per_batch = max(1, round(rate / sockets_per_owner * interval))
+    # Without permessage-deflate, as before the lean clients: the naive build would
+    # otherwise compress every frame, and ours compresses none this small.
+    return run_writes(db, build, targets, rate, per_batch, interval, seconds, processes,
+                      offer_deflate=False)
+
+
+def run_writes(db: psycopg.Connection, build: Build, targets: list[Target], label: int,
+               per_batch: int, interval: float, seconds: float, processes: int,
+               offer_deflate: bool) -> Result:
+    """Open `targets` with the lean clients from `processes` processes (offering
+    permessage-deflate or not), then update `per_batch` rows in one statement every
+    `interval` seconds for `seconds`, owner after owner, and wait for every event at every
+    socket of its owner. Server CPU runs from the first write to the last frame received
+    (the sockets close after it is read); RSS is summed over the server's processes (with
+    --workers, each holds its own sockets). `label` is the Result's `rate`."""
+    clients = spawn_clients(functools.partial(client_main, offer_deflate=offer_deflate),
+                            targets, processes)
+    failures = sum(pipe.recv()[1] for _, pipe in clients)
     owners = sorted(build.rows)
+    sessions_of = {owner: sum(t.owner == owner for t in targets) for owner in owners}
     committed = dict.fromkeys(owners, 0)
-    batches = int(seconds / interval)
     server = psutil.Process(build.proc.pid)
     cpu_before = cpu_seconds(server)
     started = time.perf_counter()
-    for batch in range(batches):
+    for batch in range(int(seconds / interval)):
         ids = []
-        for k in range(per_batch):
-            owner = owners[(batch * per_batch + k) % len(owners)]
-            ids.append(build.rows[owner][(batch * per_batch + k) % ROWS_PER_OWNER])
+        for k in range(batch * per_batch, (batch + 1) * per_batch):
+            owner = owners[k % len(owners)]
+            ids.append(build.rows[owner][k // len(owners) % ROWS_PER_OWNER])
             committed[owner] += 1
         db.execute(f"UPDATE {build.table} SET quantity = quantity %% 9 + 1"  # noqa: S608
                    " WHERE id = ANY(%s)", (ids,))
@@ -174,13 +187,13 @@ def _run_rate(db: psycopg.Connection, build: Build, rate: int, seconds: float,
             time.sleep(pause)
     received, latencies = gather(clients, committed)
     cpu = cpu_seconds(server) - cpu_before
+    rss = sum(p.memory_info().rss for p in [server, *server.children(recursive=True)])
     for process, pipe in clients:
         pipe.send("close")
-        process.join(10)
-    expected = sum(committed.values()) * sockets_per_owner
-    return Result(build.name, rate, received, expected - received, _pct(latencies, 0.5),
-                  _pct(latencies, 0.99), cpu / max(received, 1) * 1e6, failures,
-                  server.memory_info().rss)
+        process.join(30)
+    expected = sum(committed[owner] * sessions_of[owner] for owner in owners)
+    return Result(build.name, label, received, expected - received, _pct(latencies, 0.5),
+                  _pct(latencies, 0.99), cpu / max(received, 1) * 1e6, failures, rss)
 
 
 @dataclass

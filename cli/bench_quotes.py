@@ -6,8 +6,8 @@ delivered per second (all sessions together), how many frames conflation saved, 
 of each delivered quote (trigger time to the client's receive) at p50/p99/max, and the
 server's CPU per quote frame.
 
-The clients are the lean ones of the sessions scenario (cli/bench_sessions.py: a Protocol
-per socket, frames parsed from raw bytes), in one process. With one process of
+The clients are the bench's lean ones (cli/bench_client.py: a Protocol per socket, frames
+parsed from raw bytes), in one process. With one process of
 websockets clients (a task and a JSON decode per frame), the clients were the slowest part:
 the same server measured quote ages of 5-560 ms at p50, by how busy that process was.
 """

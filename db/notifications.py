@@ -45,7 +45,8 @@ class PromptConnection(asyncpg.Connection):
     `prompt` runs inside asyncpg's protocol: whatever it raises is logged here, never
     raised into the parser. It is never cleared: a closed connection reads nothing more."""
 
-    prompt: Callable[[int, str, str], None] | None = None
+    # Called as asyncpg's listeners are: (connection, pid, channel, payload).
+    prompt: Callable[[object, int, str, str], None] | None = None
 
     def _process_notification(self, *args: Any) -> None:
         prompt = self.prompt
@@ -53,7 +54,7 @@ class PromptConnection(asyncpg.Connection):
             super()._process_notification(*args)  # type: ignore[misc]
             return
         try:
-            prompt(*args)
+            prompt(self, *args)
         except Exception:
             log.exception("notification on %r from backend %s not handled", args[1], args[0])
 
@@ -125,7 +126,7 @@ class Notifications:
                 # Read on every connect: a re-keyed database is picked up with the connection.
                 self._key = await load_key(conn)
             conn.add_termination_listener(self._on_terminated)
-            conn.prompt = self._on_prompt
+            conn.prompt = self._on_notification
             for channel in self._channels:
                 await conn.add_listener(channel, self._on_notification)
         except BaseException:
@@ -150,17 +151,19 @@ class Notifications:
         if conn is self._conn:
             self._mark_lost("connection terminated")
 
-    def _on_prompt(self, pid: int, channel: str, payload: str) -> None:
+    def _on_notification(self, conn: object, pid: int, channel: str, payload: str) -> None:
+        """Every notification, from the prompt or (should asyncpg stop calling it) from
+        asyncpg's listeners."""
         if channel not in self._channels:
             return
         try:
-            self._on_notification(None, pid, channel, payload)
+            self._take(pid, channel, payload)
         except Exception:
             # Not handled, so maybe missing: the reader fills the gap from the log.
             log.exception("notification on %r from backend %s not handled", channel, pid)
             self.put(None)
 
-    def _on_notification(self, conn: object, pid: int, channel: str, payload: str) -> None:
+    def _take(self, pid: int, channel: str, payload: str) -> None:
         if channel in self._signed:
             opened = self._key.open(channel, payload)
             if opened is None:

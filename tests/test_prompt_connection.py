@@ -43,7 +43,7 @@ async def test_notifications_read_together_are_all_handed_over_before_the_next_t
 
     senders: set[tuple[int, str]] = set()
 
-    def prompt(pid: int, channel: str, payload: str) -> None:
+    def prompt(_conn: object, pid: int, channel: str, payload: str) -> None:
         senders.add((pid, channel))  # checked outside: what this raises is only logged
         if not heard:
             loop.call_soon(lambda: flushed_after.append(list(heard)))
@@ -71,7 +71,7 @@ async def test_a_handler_that_raises_leaves_the_connection_working(db_url, caplo
     heard: list[str] = []
     got_last = asyncio.get_running_loop().create_future()
 
-    def prompt(pid: int, channel: str, payload: str) -> None:
+    def prompt(_conn: object, pid: int, channel: str, payload: str) -> None:
         heard.append(payload)
         if payload == "boom":
             raise RuntimeError("a bug in the handler")
