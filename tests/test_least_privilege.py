@@ -14,11 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+import asyncpg
 import httpx
 import psycopg
 import pytest
 from psycopg import errors
 
+from db.changelog import prune
 from db.embedded import database_url
 from tests.conftest import ROOT, ServerProcess, User, login, open_socket
 
@@ -135,3 +137,10 @@ async def test_serve_token_and_createuser_run_as_a_role_that_owns_nothing(
             await login(browser, alice)
     finally:
         server.stop()
+    # The pruner as the app role (each server runs it once a minute): with no retention, the
+    # changes above are gone.
+    pool = await asyncpg.create_pool(app_url, min_size=1, max_size=1)
+    try:
+        assert await prune(pool, 0) >= 2
+    finally:
+        await pool.close()
