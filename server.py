@@ -50,6 +50,9 @@ def _port(text: str) -> int:
     return port
 
 
+_NUMBER_NAMES = {int: "a whole number", float: "a number"}
+
+
 def _positive(kind: type[int] | type[float]):  # type: ignore[no-untyped-def]
     """argparse type: a number above zero (workers, rates, timeouts)."""
 
@@ -58,7 +61,7 @@ def _positive(kind: type[int] | type[float]):  # type: ignore[no-untyped-def]
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(
-                f"expected a {kind.__name__}, got {text!r}") from None
+                f"expected {_NUMBER_NAMES[kind]}, got {text!r}") from None
         if value <= 0:
             raise argparse.ArgumentTypeError(f"must be above 0, got {text!r}")
         return value

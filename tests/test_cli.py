@@ -133,6 +133,23 @@ def test_ports_are_validated(db_url):
     assert from_environment.stderr == "server.py: setting 'port': must be 1-65535, got 73736\n"
 
 
+def test_counts_and_rates_are_validated(db_url):
+    """A count must be a whole number and a rate a number, both above zero: each refused in
+    one line that names the flag and what it wants."""
+    for args, says in ((("serve", "--workers", "1.5"), "argument --workers: expected a whole"
+                        " number, got '1.5'"),
+                       (("serve", "--workers", "0"), "argument --workers: must be above 0,"
+                        " got '0'"),
+                       (("simulate", "--rate", "fast"), "argument --rate: expected a number,"
+                        " got 'fast'"),
+                       (("bench", "--rounds", "x"), "argument --rounds: expected a whole"
+                        " number, got 'x'")):
+        result = cli(db_url, *args)
+        assert result.returncode == 2, args
+        assert result.stderr.splitlines()[-1].endswith(says), result.stderr
+        assert "Traceback" not in result.stderr
+
+
 def test_an_unreachable_database_is_one_line_and_exit_1():
     closed = f"postgresql://postgres@127.0.0.1:{free_port()}/nothing"
     commands = [["serve"], ["migrate"], ["createuser", "x", "--password-stdin"], ["token", "x"],
