@@ -288,7 +288,17 @@ async def test_error_shape(http, people):
     assert set(error["fields"]) == {"instrument", "quantity", "price", "extra"}
     assert all(isinstance(v, str) and v for v in error["fields"].values())
     assert error["fields"]["extra"] == "unknown field"
-    assert "'abc'" in error["fields"]["price"]  # the bad value is quoted
+    # The bad value as the client wrote it: JSON, not Python's repr.
+    assert error["fields"]["price"] == 'must be a decimal string such as "101.25", got "abc"'
+    assert error["fields"]["quantity"] == 'must be greater than 0, got "0"'
+
+    odd = await http.post("/api/orders", headers=people.alice.auth,
+                          json={"instrument": "X", "quantity": "1", "price": "1",
+                                "side": True, "status": None})
+    assert odd.status_code == 422
+    assert odd.json()["error"]["fields"] == {"side": "must be one of buy, sell; got true",
+                                             "status": "must be one of new, partially_filled,"
+                                             " filled, cancelled, rejected; got null"}
 
     # Without field details, "fields" is absent rather than null or empty.
     missing = await http.get("/api/orders/987654321", headers=people.alice.auth)

@@ -59,6 +59,22 @@ async def test_bad_frames_get_an_error_and_the_socket_stays_open(server, make_us
         await assert_alive(ws)
 
 
+async def test_errors_show_the_bad_value_as_json(server, make_user):
+    """null, true and "text" as the client sent them, not Python's None, True and 'text'."""
+    async with open_socket(server, make_user()) as ws:
+        for message, says in (
+                ({"op": "subscribe", "channel": "orders", "batch": None},
+                 "batch must be true or false, got null"),
+                ({"op": "subscribe", "channel": "orders", "owner": True},
+                 'owner must be a user id or "*", got true'),
+                ({"op": "subscribe", "channel": "gossip"},
+                 'unknown channel "gossip"; expected "orders" or "quotes"'),
+                ({"op": False}, "unknown op false; expected subscribe, unsubscribe or ping")):
+            await ws.send(message)
+            assert (await ws.recv_type("error"))["message"] == says
+        await assert_alive(ws)
+
+
 async def test_binary_frame_gets_an_error(server, make_user):
     async with open_socket(server, make_user()) as ws:
         await ws.conn.send(json.dumps({"op": "ping", "id": 1}).encode())

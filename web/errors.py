@@ -7,6 +7,7 @@ cannot be reached; database errors are translated here, at the edge.
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -89,6 +90,13 @@ async def pool_busy_handler(request: Request, exc: Exception) -> Response:
     """A request that found no database connection in time, wherever it asked for one."""
     assert isinstance(exc, PoolBusy)
     return await api_error_handler(request, busy_error(exc))
+
+
+def shown(value: Any, limit: int = 80) -> str:
+    """A value a client sent, for an error message, as the client wrote it: JSON (null, true,
+    "text"), not Python's repr (None, True, 'text'); cut at `limit` characters."""
+    text = json.dumps(value, ensure_ascii=False, default=str)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def error_body(code: str, message: str, fields: dict[str, str] | None = None) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from typing import Any
 
 from starlette.requests import Request
 
-from web.errors import ApiError
+from web.errors import ApiError, shown
 
 SIDES = ("buy", "sell")
 STATUSES = ("new", "partially_filled", "filled", "cancelled", "rejected")
@@ -46,13 +46,13 @@ def _decimal(value: Any) -> Decimal:
         raise ValueError("must be a decimal string such as \"101.25\"")
     text = str(value).strip()
     if len(text) > MAX_NUMBER_CHARS or not DECIMAL_TEXT.match(text):
-        raise ValueError(f"must be a decimal string such as \"101.25\", got {value!r}")
+        raise ValueError(f"must be a decimal string such as \"101.25\", got {shown(value)}")
     try:
         number = Decimal(text)
     except InvalidOperation:
-        raise ValueError(f"must be a decimal string, got {value!r}") from None
+        raise ValueError(f"must be a decimal string, got {shown(value)}") from None
     if abs(number.adjusted()) > 30:
-        raise ValueError(f"is out of range: {value!r}")
+        raise ValueError(f"is out of range: {shown(value)}")
     return number
 
 
@@ -71,13 +71,13 @@ def _text(value: Any, limit: int, allow_empty: bool = False) -> str:
 
 def _choice(value: Any, choices: tuple[str, ...]) -> str:
     if value not in choices:
-        raise ValueError(f"must be one of {', '.join(choices)}; got {value!r}")
+        raise ValueError(f"must be one of {', '.join(choices)}; got {shown(value)}")
     return value
 
 
 def positive_int(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1 or value > 2**63 - 1:
-        raise ValueError(f"must be a positive integer, got {value!r}")
+        raise ValueError(f"must be a positive integer, got {shown(value)}")
     return value
 
 
@@ -94,9 +94,9 @@ def _field(name: str, value: Any) -> Any:
         return positive_int(value)
     number = _decimal(value)
     if name == "quantity" and number <= 0:
-        raise ValueError(f"must be greater than 0, got {value!r}")
+        raise ValueError(f"must be greater than 0, got {shown(value)}")
     if name == "price" and number < 0:
-        raise ValueError(f"must not be negative, got {value!r}")
+        raise ValueError(f"must not be negative, got {shown(value)}")
     return number
 
 

@@ -23,7 +23,7 @@ from db.position import CursorError, Position
 from web import quotes
 from web.admission import TOO_MANY_SOCKETS, deny, too_many_sockets
 from web.auth import WebUser, auth_failure, current_user
-from web.errors import failure_error
+from web.errors import failure_error, shown
 from web.frame_writer import FrameWriter
 from web.frames import ALL_OWNERS, OwnerKey
 from web.hub import Hub
@@ -133,7 +133,8 @@ class Protocol:
         elif op == "unsubscribe":
             self.unsubscribe(message)
         else:
-            self.error("unknown_op", f"unknown op {op!r}; expected subscribe, unsubscribe or ping")
+            self.error("unknown_op",
+                       f"unknown op {shown(op)}; expected subscribe, unsubscribe or ping")
 
     async def subscribe(self, message: dict[str, Any]) -> None:
         channel = message.get("channel")
@@ -142,7 +143,8 @@ class Protocol:
         elif channel == "quotes":
             await self.subscribe_quotes(message)
         else:
-            self.error("bad_request", f"unknown channel {channel!r}; expected 'orders' or 'quotes'")
+            self.error("bad_request",
+                       f"unknown channel {shown(channel)}; expected \"orders\" or \"quotes\"")
 
     def _owner_key(self, message: dict[str, Any]) -> OwnerKey | None:
         sub = self.sub
@@ -152,7 +154,7 @@ class Protocol:
         elif isinstance(owner, int) and not isinstance(owner, bool) and owner > 0:
             key = owner
         else:
-            self.error("bad_request", f"owner must be a user id or \"*\", got {owner!r}")
+            self.error("bad_request", f"owner must be a user id or \"*\", got {shown(owner)}")
             return None
         if key != sub.user_id and not sub.is_staff:
             self.error("forbidden", "only staff may subscribe to other owners' orders")
@@ -165,7 +167,7 @@ class Protocol:
             return
         batch = message.get("batch", False)
         if not isinstance(batch, bool):
-            self.error("bad_request", f"batch must be true or false, got {batch!r}")
+            self.error("bad_request", f"batch must be true or false, got {shown(batch)}")
             return
         position = None
         if "after" in message:
@@ -201,7 +203,8 @@ class Protocol:
         elif channel == "quotes":
             self.hub.unsubscribe_quotes(self.sub)
         else:
-            self.error("bad_request", f"unknown channel {channel!r}; expected 'orders' or 'quotes'")
+            self.error("bad_request",
+                       f"unknown channel {shown(channel)}; expected \"orders\" or \"quotes\"")
             return
         self.reply(_frame(type="unsubscribed", channel=channel))
 
