@@ -82,6 +82,36 @@ async def test_client_resumes_after_a_cursor(server: ServerProcess, make_user: A
         await assert_silent(stream)
 
 
+async def test_a_batch_stream_hands_out_each_event_with_its_cursor(
+        server: ServerProcess, make_user: Any, sql: psycopg.Connection) -> None:
+    """With batch=True a 300-row statement comes packed; the stream yields the same events as a
+    plain stream, one by one, each with its cursor, and a resume from a cursor in the middle
+    of a batch brings exactly the rest."""
+    user: User = make_user()
+    async with orderstream_client.connect(server.base_url, token=user.token,
+                                          batch=True) as batched, \
+            orderstream_client.connect(server.base_url, token=user.token) as plain:
+        assert (batched.batch, plain.batch) == (True, False)
+        sql.execute("INSERT INTO orders (owner_id, instrument, quantity, price)"
+                    " SELECT %s, 'BATCHED', 1, g FROM generate_series(1, 300) g", (user.id,))
+        got = [await next_event(batched) for _ in range(300)]
+        want = [await next_event(plain) for _ in range(300)]
+
+        def without_cursor(event: dict[str, Any]) -> dict[str, Any]:
+            return {k: v for k, v in event.items() if k != "cursor"}
+
+        assert [without_cursor(e) for e in got] == [without_cursor(e) for e in want]
+        assert [e["order"]["price"] for e in got] == [str(p) for p in range(1, 301)]
+        assert len({e["cursor"] for e in got}) == 300
+        assert batched.cursor == got[-1]["cursor"]
+        await assert_silent(batched)
+    async with orderstream_client.connect(server.base_url, token=user.token, batch=True,
+                                          after=got[149]["cursor"]) as resumed:
+        rest = [await next_event(resumed) for _ in range(150)]
+        assert [without_cursor(e) for e in rest] == [without_cursor(e) for e in got[150:]]
+        await assert_silent(resumed)
+
+
 async def test_client_survives_a_server_restart(own_server: ServerProcess, make_user: Any,
                                                 sql: psycopg.Connection) -> None:
     """Stop the server, write while it is down, start it again on the same port: the client
