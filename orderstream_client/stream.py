@@ -27,7 +27,8 @@ Owner = int | Literal["*"]
 # Reconnect delays (seconds): the first, doubled on each failure up to the cap, each drawn
 # between half and all of that so clients of a restarted server do not all come at once.
 RETRY_FIRST, RETRY_CAP = 0.25, 8.0
-# Frames can be large: an order with a long note, a batch of up to 500 events (about 256 KiB).
+# Frames can be large: an order with a long note, a batch of up to 500 events (256 K
+# characters past its first event).
 MAX_FRAME_BYTES = 4 << 20
 # Refusals that reconnecting cannot fix: bad credentials, another origin, no /ws there.
 FINAL_STATUSES = frozenset({401, 403, 404})
@@ -117,10 +118,10 @@ class Stream:
 
     async def __anext__(self) -> Event:
         while True:
+            if self._closed:  # before the rest of a batch: closing ends the iteration
+                raise StopAsyncIteration
             if self._pending:
                 return self._hand_out(self._pending.popleft())
-            if self._closed:
-                raise StopAsyncIteration
             ws = self._ws
             if ws is None:
                 if self._opened:

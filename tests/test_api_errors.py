@@ -273,6 +273,26 @@ async def test_malformed_request_gets_a_json_4xx(case: Case, people: People, htt
     assert_error(response, case.status, case.code, case.fields)
 
 
+async def test_bad_values_are_shown_in_json_terms(http, people):
+    """Numbers as numbers, null as null, a lone surrogate escaped (the message must still
+    encode), containers named however deep: always a 422, never a 500."""
+    async def fields(body: bytes) -> dict[str, str]:
+        response = await http.post("/api/orders", content=body, headers={
+            **people.alice.auth, "Content-Type": "application/json"})
+        assert response.status_code == 422, response.text
+        return response.json()["error"]["fields"]
+
+    assert await fields(b'{"instrument": null, "quantity": 0.0, "price": -1.5}') == {
+        "instrument": "must be a string, got null", "quantity": "must be greater than 0, got 0.0",
+        "price": "must not be negative, got -1.5"}
+    assert await fields(b'{"instrument": "X", "quantity": "1", "price": "1",'
+                        b' "side": "\\ud800"}') == {
+        "side": 'must be one of buy, sell; got "\\ud800"'}
+    deep = b"[" * 950 + b"]" * 950
+    assert await fields(b'{"instrument": "X", "quantity": "1", "price": "1", "side": '
+                        + deep + b"}") == {"side": "must be one of buy, sell; got an array"}
+
+
 async def test_error_shape(http, people):
     """The one error shape, pinned: {"error": {"code", "message", "fields"?}} and nothing else."""
     response = await http.post("/api/orders", headers=people.alice.auth,

@@ -94,7 +94,12 @@ async def test_a_batch_stream_hands_out_each_event_with_its_cursor(
         assert (batched.batch, plain.batch) == (True, False)
         sql.execute("INSERT INTO orders (owner_id, instrument, quantity, price)"
                     " SELECT %s, 'BATCHED', 1, g FROM generate_series(1, 300) g", (user.id,))
-        got = [await next_event(batched) for _ in range(300)]
+        got, unpacked = [], 0
+        for _ in range(300):
+            got.append(await next_event(batched))
+            assert batched.cursor == got[-1]["cursor"]  # moves event by event
+            unpacked += bool(batched._pending)  # the rest of a batch frame, still to come
+        assert unpacked > 0, "no batch frame came"
         want = [await next_event(plain) for _ in range(300)]
 
         def without_cursor(event: dict[str, Any]) -> dict[str, Any]:
@@ -103,13 +108,28 @@ async def test_a_batch_stream_hands_out_each_event_with_its_cursor(
         assert [without_cursor(e) for e in got] == [without_cursor(e) for e in want]
         assert [e["order"]["price"] for e in got] == [str(p) for p in range(1, 301)]
         assert len({e["cursor"] for e in got}) == 300
-        assert batched.cursor == got[-1]["cursor"]
         await assert_silent(batched)
     async with orderstream_client.connect(server.base_url, token=user.token, batch=True,
                                           after=got[149]["cursor"]) as resumed:
         rest = [await next_event(resumed) for _ in range(150)]
         assert [without_cursor(e) for e in rest] == [without_cursor(e) for e in got[150:]]
         await assert_silent(resumed)
+
+
+async def test_closing_ends_the_iteration_in_the_middle_of_a_batch(
+        server: ServerProcess, make_user: Any, sql: psycopg.Connection) -> None:
+    user: User = make_user()
+    async with orderstream_client.connect(server.base_url, token=user.token,
+                                          batch=True) as stream:
+        sql.execute("INSERT INTO orders (owner_id, instrument, quantity, price)"
+                    " SELECT %s, 'BATCHED', 1, g FROM generate_series(1, 300) g", (user.id,))
+        first = await next_event(stream)
+        while not stream._pending:  # until an event comes out of a batch frame
+            first = await next_event(stream)
+        await stream.aclose()
+        with pytest.raises(StopAsyncIteration):
+            await anext(stream)
+        assert stream.cursor == first["cursor"]  # a resume from here gets the rest
 
 
 async def test_client_survives_a_server_restart(own_server: ServerProcess, make_user: Any,

@@ -69,9 +69,20 @@ async def test_errors_show_the_bad_value_as_json(server, make_user):
                  'owner must be a user id or "*", got true'),
                 ({"op": "subscribe", "channel": "gossip"},
                  'unknown channel "gossip"; expected "orders" or "quotes"'),
-                ({"op": False}, "unknown op false; expected subscribe, unsubscribe or ping")):
+                ({"op": False}, "unknown op false; expected subscribe, unsubscribe or ping"),
+                ({}, "a frame needs an op: subscribe, unsubscribe or ping"),
+                ({"op": "subscribe"}, 'subscribe needs a channel: "orders" or "quotes"'),
+                ({"op": "unsubscribe"}, 'unsubscribe needs a channel: "orders" or "quotes"'),
+                ({"op": "subscribe", "channel": "quotes", "instruments": ["NOPE"]},
+                 'unknown instruments: "NOPE"; known ones are rows of `instruments`')):
             await ws.send(message)
             assert (await ws.recv_type("error"))["message"] == says
+        # Named, not dumped: as deep as a frame may nest (json.dumps would recurse past
+        # Python's limit where json.loads did not).
+        deep = "[" * 950 + "]" * 950
+        await ws.conn.send('{"op": "subscribe", "channel": "orders", "owner": ' + deep + "}")
+        assert (await ws.recv_type("error"))["message"] == (
+            'owner must be a user id or "*", got an array')
         await assert_alive(ws)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+from decimal import Decimal
 from typing import Any
 
 import asyncpg
@@ -93,10 +94,25 @@ async def pool_busy_handler(request: Request, exc: Exception) -> Response:
 
 
 def shown(value: Any, limit: int = 80) -> str:
-    """A value a client sent, for an error message, as the client wrote it: JSON (null, true,
-    "text"), not Python's repr (None, True, 'text'); cut at `limit` characters."""
-    text = json.dumps(value, ensure_ascii=False, default=str)
-    return text if len(text) <= limit else text[:limit] + "..."
+    """A value a client sent, for an error message, in JSON's terms: null, true, 1.5 (a
+    number parsed as Decimal stays a number), "text" (cut at `limit` characters, escaped as
+    JSON escapes it, a lone surrogate included, so the message can be encoded), and an array
+    or an object named, not dumped (however deep or big it is)."""
+    if value is None or isinstance(value, bool):
+        return json.dumps(value)
+    if isinstance(value, int | float | Decimal):
+        text = str(value) if isinstance(value, int | Decimal) else json.dumps(value)
+        return text if len(text) <= limit else text[:limit] + "..."
+    if isinstance(value, str):
+        cut = value if len(value) <= limit else value[:limit]
+        text = json.dumps(cut, ensure_ascii=False)
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+        return text if cut is value else text[:-1] + '..."'
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
 
 
 def error_body(code: str, message: str, fields: dict[str, str] | None = None) -> dict[str, Any]:

@@ -58,7 +58,7 @@ def _decimal(value: Any) -> Decimal:
 
 def _text(value: Any, limit: int, allow_empty: bool = False) -> str:
     if not isinstance(value, str):
-        raise ValueError(f"must be a string, got {type(value).__name__}")
+        raise ValueError(f"must be a string, got {shown(value)}")
     text = value.strip()
     if not text and not allow_empty:
         raise ValueError("must not be blank")

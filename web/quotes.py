@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from db import queries
+from web.errors import shown
 
 if TYPE_CHECKING:
     from web.ws import Protocol
@@ -138,7 +139,7 @@ async def subscribe(protocol: Protocol, message: dict[str, Any], wait_seconds: f
     known = await queries.known_instruments(state.pool, wanted)
     unknown = [i for i in wanted if i not in known]
     if unknown:
-        names = ", ".join(map(repr, unknown[:10]))
+        names = ", ".join(map(shown, unknown[:10]))
         if len(unknown) > 10:
             names += f" and {len(unknown) - 10} more"
         protocol.error("unknown_instrument",

@@ -120,7 +120,10 @@ class Protocol:
             kind = type(message).__name__
             self.error("bad_request", f"a frame must be a JSON object, got {kind}")
             return
-        op = message.get("op")
+        if "op" not in message:
+            self.error("unknown_op", "a frame needs an op: subscribe, unsubscribe or ping")
+            return
+        op = message["op"]
         if op == "ping":
             try:
                 pong = json.dumps({"type": "pong", "id": message.get("id")})
@@ -137,7 +140,10 @@ class Protocol:
                        f"unknown op {shown(op)}; expected subscribe, unsubscribe or ping")
 
     async def subscribe(self, message: dict[str, Any]) -> None:
-        channel = message.get("channel")
+        if "channel" not in message:
+            self.error("bad_request", 'subscribe needs a channel: "orders" or "quotes"')
+            return
+        channel = message["channel"]
         if channel == "orders":
             await self.subscribe_orders(message)
         elif channel == "quotes":
@@ -197,7 +203,10 @@ class Protocol:
         await quotes.subscribe(self, message, LISTENER_WAIT_SECONDS)
 
     def unsubscribe(self, message: dict[str, Any]) -> None:
-        channel = message.get("channel")
+        if "channel" not in message:
+            self.error("bad_request", 'unsubscribe needs a channel: "orders" or "quotes"')
+            return
+        channel = message["channel"]
         if channel == "orders":
             self.hub.unsubscribe_orders(self.sub)
         elif channel == "quotes":
