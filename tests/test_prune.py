@@ -6,6 +6,8 @@ moves the horizon that expires their cursors."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator, Iterator
 
 import asyncpg
@@ -13,6 +15,7 @@ import psycopg
 import pytest
 
 from db.changelog import ChangeLog, prune
+from db.position import Position
 from tests.conftest import insert_order
 from tests.support.database import new_user, own_database
 
@@ -69,6 +72,20 @@ def age(sql: psycopg.Connection, order_id: int, hours: float) -> None:
                 (hours * HOUR, order_id))
 
 
+async def cursor_past(changelog: ChangeLog, xid: int) -> Position:
+    """A cursor taken once no transaction at or below `xid` is running. xids are the
+    server's, not the database's: another database's transaction that got an older xid may
+    still be open for a moment, and a cursor taken then would expire with the prune (it
+    might have missed that transaction's changes) however young it is."""
+    deadline = time.monotonic() + 10
+    while True:
+        state = await changelog.state()
+        if not any(running <= xid for running in state.snapshot.xip):
+            return state.start()
+        assert time.monotonic() < deadline, f"a transaction below {xid} stayed open"
+        await asyncio.sleep(0.01)
+
+
 async def test_changes_older_than_the_retention_go_and_their_cursors_expire(
         url: str, sql: psycopg.Connection, pool: asyncpg.Pool, changelog: ChangeLog) -> None:
     owner = new_user(url).id
@@ -76,7 +93,7 @@ async def test_changes_older_than_the_retention_go_and_their_cursors_expire(
     old = insert_order(sql, owner)
     sql.execute("UPDATE orders SET price = price + 1 WHERE id = %s", (old,))
     age(sql, old, 2)
-    before_young = (await changelog.state()).start()
+    before_young = await cursor_past(changelog, max(logged_xids(sql, old)))
     young = insert_order(sql, owner)
     age(sql, young, 0.5)  # half the retention: not old enough
     old_xids, young_xids = logged_xids(sql, old), logged_xids(sql, young)
