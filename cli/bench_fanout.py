@@ -156,6 +156,28 @@ def _run_rate(db: psycopg.Connection, build: Build, rate: int, seconds: float,
                       offer_deflate=False)
 
 
+def write_batches(db: psycopg.Connection, table: str, rows: dict[int, list[int]],
+                  per_batch: int, interval: float, seconds: float) -> dict[int, int]:
+    """Update `per_batch` of `rows` (owner -> ids) in one statement every `interval` seconds
+    for `seconds`, the owners taking turns event by event; the events each owner got.
+    `table` is one of the builds' fixed names, never input."""
+    owners = sorted(rows)
+    committed = dict.fromkeys(owners, 0)
+    started = time.perf_counter()
+    for batch in range(int(seconds / interval)):
+        ids = []
+        for k in range(batch * per_batch, (batch + 1) * per_batch):
+            owner = owners[k % len(owners)]
+            ids.append(rows[owner][k // len(owners) % ROWS_PER_OWNER])
+            committed[owner] += 1
+        db.execute(f"UPDATE {table} SET quantity = quantity %% 9 + 1"  # noqa: S608
+                   " WHERE id = ANY(%s)", (ids,))
+        pause = started + (batch + 1) * interval - time.perf_counter()
+        if pause > 0:
+            time.sleep(pause)
+    return committed
+
+
 def run_writes(db: psycopg.Connection, build: Build, targets: list[Target], label: int,
                per_batch: int, interval: float, seconds: float, processes: int,
                offer_deflate: bool) -> Result:
@@ -170,21 +192,9 @@ def run_writes(db: psycopg.Connection, build: Build, targets: list[Target], labe
     failures = sum(pipe.recv()[1] for _, pipe in clients)
     owners = sorted(build.rows)
     sessions_of = {owner: sum(t.owner == owner for t in targets) for owner in owners}
-    committed = dict.fromkeys(owners, 0)
     server = psutil.Process(build.proc.pid)
     cpu_before = cpu_seconds(server)
-    started = time.perf_counter()
-    for batch in range(int(seconds / interval)):
-        ids = []
-        for k in range(batch * per_batch, (batch + 1) * per_batch):
-            owner = owners[k % len(owners)]
-            ids.append(build.rows[owner][k // len(owners) % ROWS_PER_OWNER])
-            committed[owner] += 1
-        db.execute(f"UPDATE {build.table} SET quantity = quantity %% 9 + 1"  # noqa: S608
-                   " WHERE id = ANY(%s)", (ids,))
-        pause = started + (batch + 1) * interval - time.perf_counter()
-        if pause > 0:
-            time.sleep(pause)
+    committed = write_batches(db, build.table, build.rows, per_batch, interval, seconds)
     received, latencies = gather(clients, committed)
     cpu = cpu_seconds(server) - cpu_before
     rss = sum(p.memory_info().rss for p in [server, *server.children(recursive=True)])

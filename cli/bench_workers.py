@@ -28,6 +28,7 @@ from cli.bench_fanout import (
     Target,
     _open,
     spawn_clients,
+    write_batches,
 )
 from cli.process_cpu import cpu_seconds
 from web.frames import event_ts
@@ -148,21 +149,10 @@ def _write_and_count(db: psycopg.Connection, setup: str, servers: list[subproces
     # that every row updated is exactly one event.
     per_batch = min(max(1, round(rate / sockets_per_owner * BATCH_INTERVAL)),
                     ROWS_PER_OWNER * len(owners))
-    committed = dict.fromkeys(owners, 0)
     processes = [psutil.Process(server.pid) for server in servers]
     cpu_before = sum(cpu_seconds(p) for p in processes)
     wall_started, started = time.time(), time.perf_counter()
-    for batch in range(int(seconds / BATCH_INTERVAL)):
-        ids = []
-        for k in range(per_batch):
-            n = batch * per_batch + k  # owners take turns, event by event
-            owner = owners[n % len(owners)]
-            ids.append(rows[owner][n // len(owners) % ROWS_PER_OWNER])
-            committed[owner] += 1
-        db.execute("UPDATE orders SET quantity = quantity %% 9 + 1 WHERE id = ANY(%s)", (ids,))
-        pause = started + (batch + 1) * BATCH_INTERVAL - time.perf_counter()
-        if pause > 0:
-            time.sleep(pause)
+    committed = write_batches(db, "orders", rows, per_batch, BATCH_INTERVAL, seconds)
     writing = time.perf_counter() - started
     for _, pipe in clients:
         pipe.send((committed, DELIVERY_TIMEOUT_S))

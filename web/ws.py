@@ -139,18 +139,25 @@ class Protocol:
             self.error("unknown_op",
                        f"unknown op {shown(op)}; expected subscribe, unsubscribe or ping")
 
-    async def subscribe(self, message: dict[str, Any]) -> None:
+    def _channel(self, message: dict[str, Any]) -> str | None:
+        """The (un)subscription's channel, "orders" or "quotes"; None after saying why not."""
         if "channel" not in message:
-            self.error("bad_request", 'subscribe needs a channel: "orders" or "quotes"')
-            return
+            self.error("bad_request",
+                       f'{message["op"]} needs a channel: "orders" or "quotes"')
+            return None
         channel = message["channel"]
+        if channel not in ("orders", "quotes"):
+            self.error("bad_request",
+                       f"unknown channel {shown(channel)}; expected \"orders\" or \"quotes\"")
+            return None
+        return channel
+
+    async def subscribe(self, message: dict[str, Any]) -> None:
+        channel = self._channel(message)
         if channel == "orders":
             await self.subscribe_orders(message)
         elif channel == "quotes":
             await self.subscribe_quotes(message)
-        else:
-            self.error("bad_request",
-                       f"unknown channel {shown(channel)}; expected \"orders\" or \"quotes\"")
 
     def _owner_key(self, message: dict[str, Any]) -> OwnerKey | None:
         sub = self.sub
@@ -203,18 +210,13 @@ class Protocol:
         await quotes.subscribe(self, message, LISTENER_WAIT_SECONDS)
 
     def unsubscribe(self, message: dict[str, Any]) -> None:
-        if "channel" not in message:
-            self.error("bad_request", 'unsubscribe needs a channel: "orders" or "quotes"')
+        channel = self._channel(message)
+        if channel is None:
             return
-        channel = message["channel"]
         if channel == "orders":
             self.hub.unsubscribe_orders(self.sub)
-        elif channel == "quotes":
-            self.hub.unsubscribe_quotes(self.sub)
         else:
-            self.error("bad_request",
-                       f"unknown channel {shown(channel)}; expected \"orders\" or \"quotes\"")
-            return
+            self.hub.unsubscribe_quotes(self.sub)
         self.reply(_frame(type="unsubscribed", channel=channel))
 
 
