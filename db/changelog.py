@@ -17,6 +17,7 @@ import asyncpg
 
 from db import queries
 from db.change import Change, Page
+from db.failures import DATABASE_ERRORS
 from db.pool import CONNECT_TIMEOUT_S
 from db.position import Position, Snapshot
 from db.rights import Identities, Rights, load_rights
@@ -295,6 +296,9 @@ async def upkeep(pool: asyncpg.Pool, retention_seconds: float, web_session_secon
             if pruned:
                 log.info("pruned %d change-log rows", pruned)
             await queries.prune_web_sessions(pool, web_session_seconds)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except DATABASE_ERRORS as exc:
             log.warning("pruning the change log failed: %s", exc)
+        except Exception:
+            # A bug: still try again next time, or the log would grow without bound.
+            log.exception("pruning the change log failed")
         await asyncio.sleep(every_seconds)

@@ -11,6 +11,10 @@ import asyncpg
 CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     OSError, asyncpg.InterfaceError, asyncpg.InternalClientError)
 
+# What any query can raise that is the database's doing (refused, failed or cut off), not a
+# bug of ours: a loop that must outlive the database's bad moments catches exactly these.
+DATABASE_ERRORS: tuple[type[BaseException], ...] = (asyncpg.PostgresError, *CONNECTION_ERRORS)
+
 # SQLSTATE classes that mean the server, not the query, is the problem: 08 connection
 # exception, 53 insufficient resources (too many connections), 57P operator intervention
 # (terminated backend, shutdown, "the database system is starting up").

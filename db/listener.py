@@ -21,7 +21,8 @@ from typing import Protocol
 from db import queries
 from db.change import Change, ResyncReason
 from db.changelog import ChangeLog
-from db.notifications import DB_ERRORS, Notification, Notifications
+from db.failures import DATABASE_ERRORS
+from db.notifications import Notification, Notifications
 from db.position import Position, Snapshot
 from db.rights import Identities, Rights
 
@@ -104,6 +105,10 @@ class Listener:
         # Set while a read of the change log after a gap keeps failing (a revoked grant, a
         # broken schema): events are heard but cannot be delivered, and /healthz says so.
         self.catch_up_failure: str | None = None
+        # Moves each time rights may have changed (an 'auth' notification, a catch-up),
+        # just before the rights of the sockets registered then are read. A socket that
+        # authenticated before it moved and registered after must check its own rights.
+        self.rights_epoch = 0
 
     @property
     def position(self) -> Position:
@@ -112,6 +117,12 @@ class Listener:
     @property
     def listening(self) -> asyncio.Event:
         return self._notifications.listening
+
+    @property
+    def running(self) -> bool:
+        """Whether the pump and the position check still run (started, not stopped by a
+        bug): without them nothing heard is delivered."""
+        return bool(self._tasks) and not any(task.done() for task in self._tasks)
 
     @property
     def reconnects(self) -> int:
@@ -177,7 +188,7 @@ class Listener:
             claimed = self.position
             try:
                 state = await self._log.state()
-            except DB_ERRORS:
+            except DATABASE_ERRORS:
                 continue
             if not state.alive or state.generation != claimed.generation:
                 if not self._relook_queued:
@@ -217,14 +228,33 @@ class Listener:
                     await self._refresh_quotes()
                 else:
                     await self._dispatch(*item)
+                continue
             except asyncio.CancelledError:
                 raise
             except _Behind as behind:
-                await self._catch_up(str(behind))
+                reason = str(behind)
             except Exception:
                 # Whatever failed, a change may be missing: read the log rather than go on.
-                log.exception("could not dispatch notification %r", item)
-                await self._catch_up("dispatch failed")
+                log.exception("could not handle notification %r", item)
+                reason = "dispatch failed"
+            await self._recover(reason)
+
+    async def _recover(self, reason: str) -> None:
+        """Catch up from the log until it works. The pump must outlive whatever fails here
+        (a bug included): if it stopped, every socket of this process would go silent while
+        /healthz still said ok. Until it works, /healthz says so (`catch_up_failure`)."""
+        retry = RETRY_FIRST
+        while True:
+            try:
+                await self._catch_up(reason)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.exception("catch-up after %s failed; retrying in %.2fs", reason, retry)
+                self.catch_up_failure = f"{type(exc).__name__}: {exc}"
+                await asyncio.sleep(retry)
+                retry = min(retry * 2, RETRY_CAP)
 
     async def _refresh_quotes(self) -> None:
         """Quotes have no log: after a gap, publish the current quote of every instrument
@@ -235,7 +265,7 @@ class Listener:
             return
         try:
             current = await queries.quote_frames(self._log.pool, instruments)
-        except DB_ERRORS as exc:
+        except DATABASE_ERRORS as exc:
             log.warning("quotes after a gap could not be read (%s); the next ones will do", exc)
             return
         for instrument, version, frame in current:
@@ -248,7 +278,7 @@ class Listener:
             try:
                 state = await self._log.state()
                 break
-            except DB_ERRORS as exc:
+            except DATABASE_ERRORS as exc:
                 log.warning("reset: no snapshot (%s); retrying", exc)
                 await asyncio.sleep(RETRY_CAP)
         self._sink.advance(state.start())
@@ -283,11 +313,12 @@ class Listener:
                     log.warning("ignored a notification on 'auth' that names no user (%d so"
                                 " far): %.200r", self._ignored_auth, payload)
             else:
+                self.rights_epoch += 1
                 who = self._sink.identities(user_id)
                 if who.users:
                     try:
                         rights = await self._log.rights(who)
-                    except DB_ERRORS as exc:
+                    except DATABASE_ERRORS as exc:
                         raise _Behind(f"rights could not be read: {exc}") from exc
                     self._sink.apply_rights(who, rights)
         elif payload.startswith("truncate "):
@@ -343,7 +374,7 @@ class Listener:
         if not frame:
             try:
                 fetched = await self._log.frame(xid, seq)
-            except DB_ERRORS as exc:
+            except DATABASE_ERRORS as exc:
                 raise _Behind(f"oversized event {seq} could not be read: {exc}") from exc
             if fetched is None:
                 raise _Behind(f"oversized event {seq} is not in order_changes")
@@ -362,7 +393,7 @@ class Listener:
         async def read(after: int) -> tuple[list[Change], bool]:
             try:
                 return await self._log.read_transaction(xid, after, PAGE_ROWS, PAGE_BYTES)
-            except DB_ERRORS as exc:
+            except DATABASE_ERRORS as exc:
                 raise _Behind(f"bulk statement of {xid} could not be read: {exc}") from exc
 
         # The next page is read while this one is published (PostgreSQL works on the other
@@ -409,6 +440,7 @@ class Listener:
         # another until the new generation is ours: one more read, harmless).
         self._relook_queued = False
         while True:
+            self.rights_epoch += 1  # rights changes may be among what was missed
             who = self._sink.identities()
             position = self.position
             try:
@@ -419,7 +451,7 @@ class Listener:
                                 " older cursors get resync", reason)
                 recovered = True
                 page = await self._log.read(position, None, who, PAGE_ROWS, PAGE_BYTES)
-            except DB_ERRORS as exc:
+            except DATABASE_ERRORS as exc:
                 log.warning("catch-up after %s failed (%s); retrying in %.2fs", reason, exc,
                             retry)
                 self.catch_up_failure = f"{type(exc).__name__}: {exc}"

@@ -19,6 +19,7 @@ from typing import Any
 
 import asyncpg
 
+from db.failures import DATABASE_ERRORS
 from db.pool import CONNECT_TIMEOUT_S
 from db.signing import NotificationKey, load_key
 
@@ -26,11 +27,6 @@ log = logging.getLogger(__name__)
 
 # A notification is (channel, payload); None marks "notifications may be missing here".
 Notification = tuple[str, str] | None
-# What a dying connection can make asyncpg raise. InternalClientError comes when the
-# backend's last message arrived but its close had not yet ("another operation is in
-# progress"): neither a PostgresError nor an InterfaceError.
-DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError,
-             asyncpg.InternalClientError, TimeoutError)
 
 
 class PromptConnection(asyncpg.Connection):
@@ -215,6 +211,6 @@ class Notifications:
             return False
         try:
             await asyncio.wait_for(conn.fetchval("SELECT 1"), self._health_interval)
-        except DB_ERRORS:
+        except DATABASE_ERRORS:
             return False
         return True

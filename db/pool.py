@@ -10,6 +10,8 @@ from typing import Any
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
+from db.failures import DATABASE_ERRORS
+
 # Seconds asyncpg may take to open a connection (its default is a minute): a database that
 # drops packets must not hold requests, the listener or startup that long.
 CONNECT_TIMEOUT_S = 5.0
@@ -67,7 +69,7 @@ class ApiPool(asyncpg.Pool):
         try:
             await super().release(
                 connection, timeout=RELEASE_TIMEOUT_S if timeout is None else timeout)
-        except (TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except DATABASE_ERRORS as exc:
             # The reset after use failed or hung (a query timed out on a database that
             # stopped answering, say): asyncpg has terminated the connection and the pool
             # opens a new one when needed. The request's own outcome stands.

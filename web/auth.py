@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-import asyncpg
 from starlette.authentication import AuthCredentials, AuthenticationBackend, BaseUser
 from starlette.requests import HTTPConnection
 from starlette_login.backends import SessionAuthBackend
@@ -13,7 +12,7 @@ from starlette_login.login_manager import LoginManager
 from starlette_login.mixins import AnonymousUser, UserMixin
 
 from db import queries
-from db.failures import CONNECTION_ERRORS
+from db.failures import DATABASE_ERRORS
 from web.subprotocol import bearer_token
 
 log = logging.getLogger(__name__)
@@ -22,6 +21,8 @@ log = logging.getLogger(__name__)
 AUTH_METHOD = "auth_method"
 # scope["auth_failure"]: the database error that kept the request from being authenticated.
 AUTH_FAILURE = "auth_failure"
+# scope["rights_epoch"]: the listener's rights_epoch when the credentials were read.
+RIGHTS_EPOCH = "rights_epoch"
 
 
 @dataclass(frozen=True)
@@ -71,9 +72,11 @@ class TokenOrSessionBackend(AuthenticationBackend):
         self._session = SessionAuthBackend(login_manager)
 
     async def authenticate(self, conn: HTTPConnection) -> tuple[AuthCredentials, BaseUser]:
+        # Before the credentials are read: see rights_unchanged_since_auth.
+        conn.scope[RIGHTS_EPOCH] = conn.state.listener.rights_epoch
         try:
             return await self._authenticate(conn)
-        except (asyncpg.PostgresError, *CONNECTION_ERRORS) as exc:
+        except DATABASE_ERRORS as exc:
             # Raised here, in a middleware, it would bypass the error handlers and answer
             # 500. The request goes on unauthenticated instead and the route answers the
             # failure (see auth_failure), as it answers its own database errors.
@@ -113,3 +116,10 @@ def auth_failure(conn: HTTPConnection) -> Exception | None:
     """The database error that kept this request from being authenticated, if any
     (PoolBusy, a PostgresError, or a lost or refused connection)."""
     return conn.scope.get(AUTH_FAILURE)
+
+
+def rights_unchanged_since_auth(conn: HTTPConnection) -> bool:
+    """Whether no rights change has been applied since this connection's credentials were
+    read. A socket only hears of rights changes once it is registered with the hub: if one
+    was applied in between (a revoked token, say), it must check its own rights."""
+    return conn.scope.get(RIGHTS_EPOCH) == conn.state.listener.rights_epoch

@@ -4,6 +4,7 @@ process metrics, exposed through prometheus-client (multiprocess mode under `--w
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -31,6 +32,8 @@ if TYPE_CHECKING:
 # metrics are created): every worker then writes its values to files there, and a scrape of
 # any worker adds them all up.
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+log = logging.getLogger(__name__)
 
 _COUNTERS = {
     "events_received": ("orderstream_events_received",
@@ -161,7 +164,10 @@ class CounterSync:
 
     async def run(self, interval: float = 1.0) -> None:
         while True:
-            self.sync()
+            try:
+                self.sync()
+            except Exception:  # a bug: /metrics goes stale, but the next sync may work
+                log.exception("syncing the metrics failed")
             await asyncio.sleep(interval)
 
 

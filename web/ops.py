@@ -22,7 +22,7 @@ async def healthz(request: Request) -> Response:
     # Hearing events is not enough: after a gap they wait on a read of the change log, and
     # while that read keeps failing (the details are in the log, not here) none is delivered.
     log_readable = listener.catch_up_failure is None
-    listening = listener.listening.is_set() and log_readable
+    listening = listener.listening.is_set() and log_readable and listener.running
     body: dict[str, object] = {"status": "ok", "database": database, "listener": listening}
     if database and listening:
         return JSONResponse(body)

@@ -13,16 +13,16 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit
 
-import asyncpg
 from starlette.routing import WebSocketRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
-from db.failures import CONNECTION_ERRORS
+from db.failures import DATABASE_ERRORS
 from db.position import CursorError, Position
+from db.rights import load_rights
 from web import quotes
 from web.admission import TOO_MANY_SOCKETS, deny, too_many_sockets
-from web.auth import WebUser, auth_failure, current_user
+from web.auth import WebUser, auth_failure, current_user, rights_unchanged_since_auth
 from web.errors import failure_error, shown
 from web.frame_writer import FrameWriter
 from web.frames import ALL_OWNERS, OwnerKey
@@ -335,6 +335,14 @@ async def _accepted(scope: Scope, user: WebUser, receive: Receive, send: Send) -
             await websocket.close(code=TOO_MANY_SOCKETS,
                                   reason=f"at most {limit} open sockets per user")
             return
+        if not rights_unchanged_since_auth(websocket):
+            try:
+                hub.narrow(sub, await load_rights(websocket.state.pool, hub.identities_of(sub)))
+            except DATABASE_ERRORS as exc:
+                log.warning("socket of user %s: rights could not be read: %s", user.id, exc)
+                await websocket.close(code=1013, reason="the database is unavailable;"
+                                                        " retry shortly")
+                return
         await _converse(websocket, sub, hub, user.id, send)
 
 
@@ -364,7 +372,7 @@ async def _converse(websocket: WebSocket, sub: Subscriber, hub: Hub, user_id: in
                     await protocol.handle_text(text)
                 except (WebSocketDisconnect, asyncio.CancelledError):
                     raise
-                except (asyncpg.PostgresError, *CONNECTION_ERRORS) as exc:
+                except DATABASE_ERRORS as exc:
                     # The database failed this frame's query (a quote snapshot, say): the
                     # socket stays, the client may send it again.
                     log.warning("socket of user %s: database failed a frame: %s", user_id, exc)
