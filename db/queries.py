@@ -16,6 +16,9 @@ import asyncpg
 
 Executor = asyncpg.Pool | asyncpg.Connection
 
+# PostgreSQL's largest bigint: an id or version past it is refused before any query.
+MAX_BIGINT = 2**63 - 1
+
 # Public column name -> SQL expression. The only way input picks SQL.
 SORT_COLUMNS: dict[str, str] = {
     "id": "o.id",

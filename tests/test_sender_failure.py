@@ -15,6 +15,7 @@ import psycopg
 import pytest
 import websockets
 
+from db.changelog import ChangeLog
 from tests.conftest import Socket, insert_order
 from tests.support.in_process import serving_in_process
 from web.frame_writer import FrameWriter
@@ -80,3 +81,36 @@ async def test_live_events_that_fail_to_go_out_close_the_socket_and_resume_bring
             await ws.subscribe_orders(after=cursor)
             event = await ws.recv_type("order")
             assert (event["op"], event["order"]["id"]) == ("insert", order_id)
+
+
+async def test_a_catch_up_read_that_fails_on_a_bug_closes_the_socket_with_1011(
+        db_url: str, tmp_path: Path, make_user: Any, sql: psycopg.Connection,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only a database that is away is worth retrying: anything else would fail the same way
+    forever while the client, told `subscribed`, waits in silence."""
+    read = ChangeLog.read
+
+    async def read_failing_for_one_owner(self: ChangeLog, position: Any, owner: int | None,
+                                         *args: Any) -> Any:
+        if owner is not None:  # a session's own read (the listener reads every owner's)
+            raise KeyError("a bug")
+        return await read(self, position, owner, *args)
+
+    monkeypatch.setattr(ChangeLog, "read", read_failing_for_one_owner)
+    user = make_user()
+    async with serving_in_process(db_url, tmp_path) as address:
+        async with websockets.connect(address.ws_url, additional_headers=user.auth,
+                                      open_timeout=5) as conn:
+            ws = Socket(conn)
+            cursor = (await ws.subscribe_orders())["cursor"]
+            insert_order(sql, user.id)
+            await ws.recv_type("order")
+        async with websockets.connect(address.ws_url, additional_headers=user.auth,
+                                      open_timeout=5) as conn:
+            ws = Socket(conn)
+            await ws.subscribe_orders(after=cursor)
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                while True:
+                    await asyncio.wait_for(conn.recv(), 5)
+            assert closed.value.rcvd is not None
+            assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (1011, "internal error")

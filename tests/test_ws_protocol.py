@@ -86,6 +86,27 @@ async def test_errors_show_the_bad_value_as_json(server, make_user):
         await assert_alive(ws)
 
 
+async def test_an_owner_past_bigint_is_refused_not_left_to_fail_in_the_database(
+        server, make_user, sql):
+    """Before, a staff resume for such an owner was acknowledged and then read the log in a
+    loop the database refused (bigint out of range), the client waiting in silence."""
+    boss = make_user(staff=True)
+    async with open_socket(server, boss) as ws:
+        for owner in (2**63, 10**20):
+            cursor = (await ws.subscribe_orders())["cursor"]
+            await ws.send({"op": "unsubscribe", "channel": "orders"})
+            await ws.recv_type("unsubscribed")
+            await ws.send({"op": "subscribe", "channel": "orders", "owner": owner,
+                           "after": cursor})
+            error = await ws.recv_type("error")
+            assert error == {"type": "error", "code": "bad_request",
+                             "message": f'owner must be a user id or "*", got {owner}'}
+        await assert_alive(ws)
+        # The largest bigint is an id like any other.
+        await ws.send({"op": "subscribe", "channel": "orders", "owner": 2**63 - 1})
+        assert (await ws.recv_type("subscribed"))["owner"] == 2**63 - 1
+
+
 async def test_binary_frame_gets_an_error(server, make_user):
     async with open_socket(server, make_user()) as ws:
         await ws.conn.send(json.dumps({"op": "ping", "id": 1}).encode())

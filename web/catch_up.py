@@ -15,6 +15,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from db.change import ResyncReason
+from db.failures import unreachable
 from web.frames import ALL_OWNERS, frame_for, resync_frame, with_cursor
 from web.subscriber import Mode, Subscriber
 
@@ -48,10 +49,18 @@ async def catch_up(hub: Hub, sub: Subscriber, generation: int) -> None:
                                               PAGE_ROWS, max(1, hub.queue_bytes // 2))
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # the database is away: keep the position, try again
+        except Exception as exc:
+            sub.held = None
+            if not unreachable(exc):
+                # Not the database being away (a bug, or a query it refuses): retrying
+                # would fail the same way forever, the client waiting in silence. With 1011
+                # it reconnects and resumes from its cursor.
+                log.exception("catch-up read for user %s failed", sub.user_id)
+                sub.close(1011, "internal error")
+                return
+            # The database is away: keep the position, try again.
             log.warning("catch-up read for user %s failed (%s); retrying in %.1fs",
                         sub.user_id, exc, retry)
-            sub.held = None
             await asyncio.sleep(retry)
             retry = min(retry * 2, RETRY_CAP)
             continue

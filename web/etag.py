@@ -11,10 +11,10 @@ import re
 
 from starlette.requests import Request
 
+from db.queries import MAX_BIGINT
 from web.errors import ApiError
 
 MAX_HEADER_CHARS = 1000
-_MAX_VERSION = 2**63 - 1
 # RFC 9110 entity-tag: [W/] DQUOTE *etagc DQUOTE, etagc = %x21 / %x23-7E / obs-text.
 _TAG = re.compile(r'\s*(W/)?"([\x21\x23-\x7e\x80-\xff]*)"\s*')
 
@@ -49,7 +49,7 @@ def _version(opaque: str) -> int | None:
     if not (opaque.isascii() and opaque.isdigit()) or len(opaque) > 19:
         return None
     version = int(opaque)
-    return version if 1 <= version <= _MAX_VERSION else None
+    return version if 1 <= version <= MAX_BIGINT else None
 
 
 def if_match(request: Request) -> tuple[int, ...] | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from starlette.requests import Request
 
+from db.queries import MAX_BIGINT
 from web.auth import AUTH_METHOD, WebUser, auth_failure, current_user
 from web.csrf import HEADER, SAFE_METHODS, csrf_valid
 from web.errors import ApiError, failure_error
@@ -50,6 +51,6 @@ def path_id(request: Request, name: str, what: str) -> int:
     raw = request.path_params[name]
     # Plain ASCII digits only: int() would also take "+7", " 7", "7_0" and Arabic-Indic
     # digits (and refuses more than 4300 digits).
-    if not (raw.isascii() and raw.isdigit()) or len(raw) > 20 or not 1 <= int(raw) <= 2**63 - 1:
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 20 or not 1 <= int(raw) <= MAX_BIGINT:
         raise ApiError(404, "not_found", f"no {what} {raw!r}")
     return int(raw)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-from db.queries import EXACT_COLUMNS, SEARCH_COLUMNS, SORT_COLUMNS, OrderQuery
+from db.queries import EXACT_COLUMNS, MAX_BIGINT, SEARCH_COLUMNS, SORT_COLUMNS, OrderQuery
 from web.auth import WebUser
 from web.errors import ApiError
 from web.order_input import MAX_INSTRUMENT, SIDES, STATUSES
@@ -56,7 +56,7 @@ def owner_scope(user: WebUser, params: Mapping[str, str]) -> int | None:
         return None if user.is_staff else user.id
     # Plain digits within bigint only, as for limit/offset: int() would take " 5", "+5",
     # "1_0" and Arabic-Indic digits, and a value past bigint reached the database (422).
-    if not _OWNER.fullmatch(raw) or not 1 <= int(raw) <= 2**63 - 1:
+    if not _OWNER.fullmatch(raw) or not 1 <= int(raw) <= MAX_BIGINT:
         raise ApiError(400, "bad_request", f"owner must be a user id or '*', got {raw!r}",
                        {"owner": "must be a user id or '*'"})
     owner = int(raw)

@@ -9,6 +9,7 @@ from typing import Any
 
 from starlette.requests import Request
 
+from db.queries import MAX_BIGINT
 from web.errors import ApiError, shown
 
 SIDES = ("buy", "sell")
@@ -76,7 +77,7 @@ def _choice(value: Any, choices: tuple[str, ...]) -> str:
 
 
 def positive_int(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1 or value > 2**63 - 1:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1 or value > MAX_BIGINT:
         raise ValueError(f"must be a positive integer, got {shown(value)}")
     return value
 

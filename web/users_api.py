@@ -12,7 +12,7 @@ from starlette.routing import Route
 from db import queries
 from web.connections import reading, writing
 from web.errors import ApiError
-from web.guard import api_user
+from web.guard import api_user, path_id
 from web.order_input import json_object
 
 USERNAME = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
@@ -48,16 +48,6 @@ def _password(value: Any, problems: dict[str, str]) -> str | None:
     return value
 
 
-def _user_id(request: Request) -> int:
-    raw = request.path_params["user_id"]
-    # isascii: str.isdigit() also accepts digits such as "²" that int() refuses, and int()
-    # refuses more than 4300 digits.
-    if (not (raw.isascii() and raw.isdigit()) or len(raw) > 20
-            or not 1 <= int(raw) <= 2**63 - 1):
-        raise ApiError(404, "not_found", f"no user {raw!r}")
-    return int(raw)
-
-
 async def list_users(request: Request) -> Response:
     api_user(request, staff=True)
     async with reading(request) as db:
@@ -91,7 +81,7 @@ async def create_user(request: Request) -> Response:
 
 async def get_user(request: Request) -> Response:
     api_user(request, staff=True)
-    user_id = _user_id(request)
+    user_id = path_id(request, "user_id", "user")
     async with reading(request) as db:
         row = await queries.get_user(db, user_id)
     if row is None:
@@ -101,7 +91,7 @@ async def get_user(request: Request) -> Response:
 
 async def update_user(request: Request) -> Response:
     api_user(request, staff=True)
-    user_id = _user_id(request)
+    user_id = path_id(request, "user_id", "user")
     data = await json_object(request)
     problems: dict[str, str] = {}
     for key in data:
@@ -123,7 +113,7 @@ async def update_user(request: Request) -> Response:
 
 async def revoke_tokens(request: Request) -> Response:
     api_user(request, staff=True)
-    user_id = _user_id(request)
+    user_id = path_id(request, "user_id", "user")
     async with writing(request) as db:
         known = await queries.user_by_id(db, user_id) is not None
         revoked = await queries.revoke_tokens(db, user_id) if known else 0

@@ -19,6 +19,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from db.failures import DATABASE_ERRORS
 from db.position import CursorError, Position
+from db.queries import MAX_BIGINT
 from db.rights import load_rights
 from web import quotes
 from web.admission import TOO_MANY_SOCKETS, deny, too_many_sockets
@@ -164,7 +165,7 @@ class Protocol:
         owner = message.get("owner", sub.user_id)
         if owner == ALL_OWNERS:
             key: OwnerKey = ALL_OWNERS
-        elif isinstance(owner, int) and not isinstance(owner, bool) and owner > 0:
+        elif isinstance(owner, int) and not isinstance(owner, bool) and 0 < owner <= MAX_BIGINT:
             key = owner
         else:
             self.error("bad_request", f"owner must be a user id or \"*\", got {shown(owner)}")
@@ -357,6 +358,8 @@ async def _converse(websocket: WebSocket, sub: Subscriber, hub: Hub, user_id: in
             message = await websocket.receive()
             if message["type"] == "websocket.disconnect":
                 break
+            if sub.closing:
+                continue  # the sender closes the socket after what is queued; ignore the rest
             text = message.get("text")
             if text is None:
                 protocol.error("bad_request", "binary frames are not supported; send JSON text")
@@ -381,12 +384,10 @@ async def _converse(websocket: WebSocket, sub: Subscriber, hub: Hub, user_id: in
                     # A bug, not the client's doing: say so with 1011 instead of dropping
                     # the TCP connection without a close frame.
                     log.exception("socket of user %s failed on a frame", user_id)
-                    await websocket.close(code=1011, reason="internal error")
-                    break
+                    sub.close(1011, "internal error")
             if violations > MAX_VIOLATIONS:
-                await asyncio.sleep(0)  # let the sender flush the last error frame first
-                await websocket.close(code=1008, reason="too many refused messages")
-                break
+                # Behind the error frames already queued: the client learns why.
+                sub.close(1008, "too many refused messages")
     except WebSocketDisconnect:
         pass
     finally:
