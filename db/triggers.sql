@@ -494,3 +494,25 @@ DROP TRIGGER IF EXISTS quotes_notify ON quotes;
 CREATE TRIGGER quotes_notify
     AFTER INSERT OR UPDATE ON quotes
     FOR EACH ROW EXECUTE FUNCTION orderstream_quotes_notify();
+
+-- Every trigger above fires ALWAYS, not only in the default replication role: a writer
+-- with `SET session_replication_role = replica` (a superuser, a logical replication apply
+-- worker, a restore) would otherwise change orders with no event and no new version,
+-- leaving every dashboard silently stale.
+DO $$
+DECLARE
+    t record;
+BEGIN
+    FOR t IN
+        SELECT c.relname, tg.tgname
+        FROM pg_trigger tg
+        JOIN pg_class c ON c.oid = tg.tgrelid
+        WHERE c.relnamespace = 'public'::regnamespace
+          AND c.relname IN ('orders', 'quotes', 'users', 'api_tokens', 'web_sessions')
+          AND NOT tg.tgisinternal
+          AND tg.tgenabled <> 'A'
+    LOOP
+        EXECUTE format('ALTER TABLE %I ENABLE ALWAYS TRIGGER %I', t.relname, t.tgname);
+    END LOOP;
+END
+$$;

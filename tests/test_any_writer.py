@@ -10,6 +10,7 @@ import pytest
 
 from tests.conftest import ServerProcess, insert_order, open_socket
 from tests.support.database import new_user, own_database
+from tests.test_rights_revocation import expect_close
 
 
 async def test_sql_insert_update_delete_reach_the_owner(server, make_user, sql):
@@ -51,6 +52,37 @@ async def test_sql_insert_update_delete_reach_the_owner(server, make_user, sql):
         assert [e["seq"] for e in staff_seen] == [inserted["seq"], updated["seq"], deleted["seq"]]
 
         await bob_ws.assert_silent()
+
+
+async def test_writes_in_the_replica_replication_role_announce_too(server, make_user, db_url):
+    """`SET session_replication_role = replica` (a superuser, a logical replication apply
+    worker, a restore) skips triggers that fire only in the origin role: ours fire always,
+    so such a write still bumps the version and reaches the owner; so do quotes, and a
+    revoked token still closes its socket."""
+    alice = make_user()
+    async with open_socket(server, alice) as ws:
+        await ws.subscribe_orders()
+        with psycopg.connect(db_url, autocommit=True) as conn:
+            conn.execute("SET session_replication_role = replica")
+            order_id = insert_order(conn, alice.id)
+            inserted = await ws.recv_type("order")
+            assert (inserted["op"], inserted["order"]["id"]) == ("insert", order_id)
+            conn.execute("UPDATE orders SET price = 777 WHERE id = %s", (order_id,))
+            updated = await ws.recv_type("order")
+            assert updated["order"]["price"] == "777" and updated["order"]["version"] == 2
+            row = conn.execute("SELECT version FROM orders WHERE id = %s", (order_id,)).fetchone()
+            assert row == (2,)
+            conn.execute("DELETE FROM orders WHERE id = %s", (order_id,))
+            assert (await ws.recv_type("order"))["op"] == "delete"
+            conn.execute("UPDATE api_tokens SET revoked_at = now() WHERE user_id = %s",
+                         (alice.id,))
+            assert await expect_close(ws, 1008) == "token revoked"
+    with psycopg.connect(db_url) as conn:
+        disabled = conn.execute(
+            "SELECT count(*) FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid"
+            " WHERE c.relname IN ('orders', 'quotes', 'users', 'api_tokens', 'web_sessions')"
+            " AND NOT t.tgisinternal AND t.tgenabled <> 'A'").fetchone()
+    assert disabled == (0,)
 
 
 async def test_rolled_back_write_announces_nothing(server, make_user, db_url):
