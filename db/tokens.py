@@ -7,18 +7,17 @@ server process closes the token's sockets, and user_by_token refuses it from the
 
 from __future__ import annotations
 
-import re
 import secrets
 from typing import Any
 
 import asyncpg
 
 from db.queries import Executor, token_hash
+from db.text import CONTROL_CHARACTERS, encodable
 
 # Active tokens a user may hold at once: a runaway script cannot fill the table.
 MAX_TOKENS_PER_USER = 100
 MAX_NAME = 100  # characters of a token's name (api_tokens_name_length)
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def name_problem(name: object) -> str | None:
@@ -26,11 +25,9 @@ def name_problem(name: object) -> str | None:
     or None. A valid name is stored stripped."""
     if not isinstance(name, str) or not name.strip() or len(name) > MAX_NAME:
         return f"must be a string of 1-{MAX_NAME} characters, not only spaces"
-    if _CONTROL.search(name):
+    if CONTROL_CHARACTERS.search(name):
         return "must not contain control characters"
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:  # a lone surrogate from a JSON "\ud800" escape
+    if not encodable(name):
         return "must be valid Unicode text"
     return None
 

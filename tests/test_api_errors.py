@@ -291,6 +291,16 @@ async def test_bad_values_are_shown_in_json_terms(http, people):
     deep = b"[" * 950 + b"]" * 950
     assert await fields(b'{"instrument": "X", "quantity": "1", "price": "1", "side": '
                         + deep + b"}") == {"side": "must be one of buy, sell; got an array"}
+    # Text PostgreSQL cannot hold names its field (before, the driver's error named none).
+    assert await fields(b'{"instrument": "A\\ud800", "quantity": "1", "price": "1",'
+                        b' "note": "\\udfff"}') == {
+        "instrument": "must be valid Unicode text", "note": "must be valid Unicode text"}
+    # Only ASCII digits, as the OpenAPI pattern says; too long says so.
+    long = "0." + "1" * 39
+    assert await fields(json.dumps({"instrument": "X", "quantity": "\u0661\u0662",
+                                    "price": long}).encode()) == {
+        "quantity": 'must be a decimal string such as "101.25", got "\u0661\u0662"',
+        "price": "must be a decimal string of at most 40 characters"}
 
 
 async def test_error_shape(http, people):

@@ -10,6 +10,7 @@ from typing import Any
 from starlette.requests import Request
 
 from db.queries import MAX_BIGINT
+from db.text import CONTROL_CHARACTERS, encodable
 from web.errors import ApiError, shown
 
 SIDES = ("buy", "sell")
@@ -17,8 +18,9 @@ STATUSES = ("new", "partially_filled", "filled", "cancelled", "rejected")
 MAX_INSTRUMENT = 64
 MAX_NOTE = 16 * 1024
 MAX_NUMBER_CHARS = 40
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-DECIMAL_TEXT = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
+# ASCII digits only: \d would also take other scripts' digits, which the OpenAPI pattern
+# (JSON Schema's \d is ASCII) refuses.
+DECIMAL_TEXT = re.compile(r"^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?$")
 ORDER_FIELDS = ("owner_id", "instrument", "side", "quantity", "price", "status", "note")
 
 
@@ -46,7 +48,9 @@ def _decimal(value: Any) -> Decimal:
     if isinstance(value, bool) or not isinstance(value, str | int | Decimal):
         raise ValueError("must be a decimal string such as \"101.25\"")
     text = str(value).strip()
-    if len(text) > MAX_NUMBER_CHARS or not DECIMAL_TEXT.match(text):
+    if len(text) > MAX_NUMBER_CHARS:
+        raise ValueError(f"must be a decimal string of at most {MAX_NUMBER_CHARS} characters")
+    if not DECIMAL_TEXT.match(text):
         raise ValueError(f"must be a decimal string such as \"101.25\", got {shown(value)}")
     try:
         number = Decimal(text)
@@ -65,8 +69,10 @@ def _text(value: Any, limit: int, allow_empty: bool = False) -> str:
         raise ValueError("must not be blank")
     if len(text) > limit:
         raise ValueError(f"must be at most {limit} characters")
-    if _CONTROL.search(text):
+    if CONTROL_CHARACTERS.search(text):
         raise ValueError("must not contain control characters")
+    if not encodable(text):
+        raise ValueError("must be valid Unicode text")
     return text
 
 

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from db import queries
+from db.text import encodable
 from web.errors import shown
 
 if TYPE_CHECKING:
@@ -108,13 +109,7 @@ def pipe_room(send: object) -> Callable[[], int]:
 def instrument_ok(name: object) -> bool:
     """A name the instruments table could hold: PostgreSQL text takes neither NUL nor the
     lone surrogates a JSON "\\ud800" escape decodes to (the snapshot query failed on them)."""
-    if not isinstance(name, str) or not 0 < len(name) <= 64 or "\x00" in name:
-        return False
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
+    return isinstance(name, str) and 0 < len(name) <= 64 and "\x00" not in name and encodable(name)
 
 
 def parse_instruments(value: object) -> list[str] | None:

@@ -10,6 +10,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from db import queries
+from db.text import encodable
 from web.connections import reading, writing
 from web.errors import ApiError
 from web.guard import api_user, path_id
@@ -30,19 +31,11 @@ def _user_json(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _encodable(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
 def _password(value: Any, problems: dict[str, str]) -> str | None:
     if not isinstance(value, str) or not MIN_PASSWORD <= len(value) <= MAX_PASSWORD:
         problems["password"] = f"must be a string of {MIN_PASSWORD}-{MAX_PASSWORD} characters"
         return None
-    if not _encodable(value):  # a lone surrogate: JSON allows it, argon2 cannot hash it
+    if not encodable(value):  # a lone surrogate: JSON allows it, argon2 cannot hash it
         problems["password"] = "must be valid Unicode text"  # noqa: S105 (a message)
         return None
     return value
