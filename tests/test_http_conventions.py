@@ -251,3 +251,51 @@ async def test_a_cookie_session_still_works_without_a_challenge(http, make_user)
     await login(http, alice)
     response = await http.get("/api/orders")
     assert response.status_code == 200 and "www-authenticate" not in response.headers
+
+
+# -- 405 and what a write must say ------------------------------------------------------
+
+
+@pytest.mark.parametrize(("method", "path", "allowed"), [
+    ("PUT", "/api/orders", {"GET", "HEAD", "POST"}),
+    ("PUT", "/api/orders/1", {"GET", "HEAD", "PATCH", "DELETE"}),
+    ("PATCH", "/api/tokens", {"GET", "HEAD", "POST"}),
+    ("PATCH", "/api/tokens/1", {"GET", "HEAD", "DELETE"}),
+    ("PUT", "/api/users/1", {"GET", "HEAD", "PATCH"}),
+])
+async def test_a_405_allows_every_method_the_path_has(http, make_user, method, path, allowed):
+    response = await http.request(method, path, headers=make_user().auth)
+    assert_error(response, 405, "method_not_allowed")
+    assert {m.strip() for m in response.headers["allow"].split(",")} == allowed
+
+
+async def test_a_patch_that_changes_nothing_is_422_and_writes_nothing(http, make_user, sql):
+    alice = make_user()
+    order_id = (await create(http, alice)).json()["id"]
+    for body in ({}, {"version": 1}):
+        response = await http.patch(f"/api/orders/{order_id}", json=body, headers=alice.auth)
+        error = assert_error(response, 422, "invalid")
+        assert "nothing to change" in error["message"], error
+    assert row(sql, order_id) == (1, "101.5", "new")
+
+
+async def test_a_form_post_without_draw_is_no_silent_list(http, make_user, sql):
+    """curl -d sends a form: a create sent that way must not answer 200 with a list."""
+    alice = make_user()
+    response = await http.post(
+        "/api/orders", headers=alice.auth,
+        content=b'{"instrument":"ACME","quantity":"10","price":"101.5"}',
+        )
+    assert_error(response, 415, "unsupported_media_type")
+    response = await http.post(
+        "/api/orders", headers={**alice.auth,
+                                "Content-Type": "application/x-www-form-urlencoded"},
+        content=b'{"instrument":"ACME","quantity":"10","price":"101.5"}')
+    error = assert_error(response, 415, "unsupported_media_type")
+    assert "application/json" in error["message"], error
+    assert sql.execute("SELECT count(*) FROM orders WHERE owner_id = %s",
+                       (alice.id,)).fetchone() == (0,)
+    # DataTables always sends draw: that is still a list.
+    response = await http.post("/api/orders", headers=alice.auth,
+                               data={"draw": "3", "start": "0", "length": "10"})
+    assert response.status_code == 200 and response.json()["draw"] == 3

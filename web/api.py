@@ -6,7 +6,6 @@ import json
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 
 from db import queries
 from web.connections import reading, writing
@@ -15,6 +14,7 @@ from web.etag import etag, if_match, if_none_match
 from web.guard import api_user, path_id
 from web.listing import datatables_query, plain_query
 from web.order_input import json_object, order_values
+from web.routing import route
 
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 
@@ -37,6 +37,12 @@ async def _list_params(request: Request) -> dict[str, str]:
             raise ApiError(415, "unsupported_media_type",
                            "DataTables POST must be form-encoded; create orders with JSON")
         form = await request.form(max_files=0, max_fields=2000)
+        if "draw" not in form and params.get("format") != "datatables":
+            # Not DataTables (it always sends draw): most likely a create sent as a form, as
+            # curl -d does. Answering it with a list would look like success.
+            raise ApiError(415, "unsupported_media_type",
+                           "create orders with a JSON body (Content-Type: application/json);"
+                           " a form body is a DataTables list request and needs draw")
         params.update({k: v for k, v in form.items() if isinstance(v, str)})
     return params
 
@@ -148,9 +154,6 @@ async def delete_order(request: Request) -> Response:
 
 
 routes = [
-    Route("/api/orders", list_orders, methods=["GET"]),
-    Route("/api/orders", list_orders_post, methods=["POST"]),
-    Route("/api/orders/{order_id}", get_order, methods=["GET"]),
-    Route("/api/orders/{order_id}", update_order, methods=["PATCH"]),
-    Route("/api/orders/{order_id}", delete_order, methods=["DELETE"]),
+    route("/api/orders", get=list_orders, post=list_orders_post),
+    route("/api/orders/{order_id}", get=get_order, patch=update_order, delete=delete_order),
 ]

@@ -139,4 +139,9 @@ def order_values(data: dict[str, Any], *, creating: bool, may_set_owner: bool
                 problems[required] = "is required"
     if problems:
         raise ApiError(422, "invalid", "the order is not valid", problems)
+    if not values:
+        # An empty write would still bump the version: every dashboard would get an event,
+        # and every ETag would change, for nothing.
+        raise ApiError(422, "invalid", "nothing to change: send at least one of "
+                                       + ", ".join(ORDER_FIELDS))
     return values, expected_version

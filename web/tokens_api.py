@@ -11,13 +11,13 @@ from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 
 from db import tokens
 from web.connections import reading, writing
 from web.errors import ApiError
 from web.guard import api_user, path_id
 from web.order_input import json_object
+from web.routing import route
 
 
 def _time(value: datetime | None) -> str | None:
@@ -88,8 +88,6 @@ async def revoke_token(request: Request) -> Response:
 
 
 routes = [
-    Route("/api/tokens", list_tokens, methods=["GET"]),
-    Route("/api/tokens", create_token, methods=["POST"]),
-    Route("/api/tokens/{token_id}", get_token, methods=["GET"]),
-    Route("/api/tokens/{token_id}", revoke_token, methods=["DELETE"]),
+    route("/api/tokens", get=list_tokens, post=create_token),
+    route("/api/tokens/{token_id}", get=get_token, delete=revoke_token),
 ]

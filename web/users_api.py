@@ -7,7 +7,6 @@ from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 
 from db import queries
 from db.text import encodable
@@ -15,6 +14,7 @@ from web.connections import reading, writing
 from web.errors import ApiError
 from web.guard import api_user, path_id
 from web.order_input import json_object
+from web.routing import route
 
 USERNAME = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
 MIN_PASSWORD = 8
@@ -116,9 +116,7 @@ async def revoke_tokens(request: Request) -> Response:
 
 
 routes = [
-    Route("/api/users", list_users, methods=["GET"]),
-    Route("/api/users", create_user, methods=["POST"]),
-    Route("/api/users/{user_id}", get_user, methods=["GET"]),
-    Route("/api/users/{user_id}", update_user, methods=["PATCH"]),
-    Route("/api/users/{user_id}/tokens", revoke_tokens, methods=["DELETE"]),
+    route("/api/users", get=list_users, post=create_user),
+    route("/api/users/{user_id}", get=get_user, patch=update_user),
+    route("/api/users/{user_id}/tokens", delete=revoke_tokens),
 ]
