@@ -85,6 +85,28 @@ _ORDER_INPUT_PROPS: dict[str, Any] = {
     "owner_id": {"type": "integer", "minimum": 1, "description": "staff only"},
 }
 
+# The DataTables server-side protocol's request (with format=datatables, or as a form
+# POST). Its indexed names (order[0][column], columns[0][data], ...) are deep objects.
+_DATATABLES_PARAMETERS: list[dict[str, Any]] = [
+    {"name": "draw", "in": "query", "description": "DataTables: echoed back as draw",
+     "schema": {"type": "integer", "minimum": 0}},
+    {"name": "start", "in": "query", "description": "DataTables: the first row's offset",
+     "schema": {"type": "integer", "minimum": 0}},
+    {"name": "length", "in": "query",
+     "description": "DataTables: rows per page; -1 means all, up to the max page size",
+     "schema": {"type": "integer", "minimum": -1}},
+    {"name": "search[value]", "in": "query", "description": "DataTables: as q",
+     "schema": {"type": "string", "maxLength": 200}},
+    {"name": "order", "in": "query", "style": "deepObject", "explode": True,
+     "description": "DataTables: order[i][column] (an index into columns) and order[i][dir]"
+                    " (asc or desc); bad indexes are ignored",
+     "schema": {"type": "object"}},
+    {"name": "columns", "in": "query", "style": "deepObject", "explode": True,
+     "description": "DataTables: columns[i][data] (a column name: "
+                    + ", ".join(SORT_COLUMNS) + ") and columns[i][orderable]",
+     "schema": {"type": "object"}},
+]
+
 _TIME_OR_NULL = {"type": ["string", "null"], "format": "date-time"}
 _TOKEN: dict[str, Any] = {
     "type": "object", "required": ["id", "name", "created_at", "last_used_at"],
@@ -140,6 +162,7 @@ SPEC: dict[str, Any] = {
                                 "maxLength": MAX_INSTRUMENT}},
                     {"name": "format", "in": "query",
                      "schema": {"type": "string", "enum": ["datatables"]}},
+                    *_DATATABLES_PARAMETERS,
                 ],
                 "responses": {
                     "200": _json({"oneOf": [{"$ref": "#/components/schemas/OrderPage"},
@@ -149,14 +172,24 @@ SPEC: dict[str, Any] = {
             },
             "post": {
                 "operationId": "createOrder",
-                "summary": "Create an order (JSON). A form-encoded body is a DataTables list "
-                           "request instead.",
-                "requestBody": {"required": True, "content": {"application/json": {"schema": {
-                    "type": "object", "required": ["instrument", "quantity", "price"],
-                    "properties": _ORDER_INPUT_PROPS, "additionalProperties": False}}}},
-                "responses": {"201": _with_headers(
-                    _json({"$ref": "#/components/schemas/Order"}, "created"),
-                    {**_LOCATION, **_ETAG}), **_errors(400, 401, 403, 409, 413, 415, 422)},
+                "summary": "Create an order (JSON). A form-encoded body with draw is a "
+                           "DataTables list request instead (answered 200 with a "
+                           "DataTablesPage); any other form body is a 415.",
+                "requestBody": {"required": True, "content": {
+                    "application/json": {"schema": {
+                        "type": "object", "required": ["instrument", "quantity", "price"],
+                        "properties": _ORDER_INPUT_PROPS, "additionalProperties": False}},
+                    "application/x-www-form-urlencoded": {"schema": {
+                        "type": "object", "required": ["draw"],
+                        "properties": {p["name"]: p["schema"] for p in _DATATABLES_PARAMETERS
+                                       if p.get("style") is None}}}}},
+                "responses": {
+                    "200": _json({"$ref": "#/components/schemas/DataTablesPage"},
+                                 "a DataTables page (form-encoded body)"),
+                    "201": _with_headers(
+                        _json({"$ref": "#/components/schemas/Order"}, "created"),
+                        {**_LOCATION, **_ETAG}),
+                    **_errors(400, 401, 403, 409, 413, 415, 422)},
             },
         },
         "/api/orders/{order_id}": {
