@@ -24,6 +24,7 @@ from db.changelog import ChangeLog
 from db.listener import Listener
 from db.position import CursorError, Position
 from db.rights import Identities, Rights
+from web.errors import shown
 from web.frames import ALL_OWNERS, OwnerKey
 from web.hub import Hub
 from web.subscriber import CLOSE, Subscriber
@@ -61,7 +62,7 @@ def parse_after(after: str | None) -> Position | None:
     try:
         return Position.parse(after)
     except CursorError as exc:
-        raise TailError(str(exc)) from None
+        raise TailError(f"{exc.reason}: {shown(exc.value)}") from None
 
 
 async def _owner_key(log: ChangeLog, owner: str) -> OwnerKey:

@@ -46,7 +46,13 @@ Range = tuple[int, int]
 
 
 class CursorError(ValueError):
-    """A cursor that is not one this server hands out."""
+    """A cursor that is not one this server hands out: `reason`, and the `value` given
+    (for the caller to show in its own terms, cut short: it may be 4 KB or an object)."""
+
+    def __init__(self, reason: str, value: object) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.value = value
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,13 +261,14 @@ class Position:
         if isinstance(cursor, int) and not isinstance(cursor, bool):
             cursor = str(cursor)
         if not isinstance(cursor, str) or not 0 < len(cursor) <= 4096:
-            raise CursorError(f"cursor must be a string from an order event, got {cursor!r}")
+            raise CursorError("cursor must be a string from an order event, of at most 4096"
+                              " characters", cursor)
         try:
             if cursor.startswith("p"):
                 return cls._parse(cursor[1:])
             return cls._parse_watermark_cursor(cursor)
         except ValueError:
-            raise CursorError(f"not a cursor: {cursor!r}") from None
+            raise CursorError("not a cursor", cursor) from None
 
     @classmethod
     def _parse(cls, text: str) -> Position:

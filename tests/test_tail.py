@@ -228,4 +228,4 @@ def test_tail_refuses_an_unknown_owner_in_one_line(db_url: str) -> None:
 def test_tail_refuses_a_malformed_cursor(db_url: str) -> None:
     done = _refused(db_url, "--after", "yesterday")
     assert done.returncode == 2
-    assert done.stderr.strip().splitlines() == ["server.py tail: not a cursor: 'yesterday'"]
+    assert done.stderr.strip().splitlines() == ['server.py tail: not a cursor: "yesterday"']

@@ -74,7 +74,15 @@ async def test_errors_show_the_bad_value_as_json(server, make_user):
                 ({"op": "subscribe"}, 'subscribe needs a channel: "orders" or "quotes"'),
                 ({"op": "unsubscribe"}, 'unsubscribe needs a channel: "orders" or "quotes"'),
                 ({"op": "subscribe", "channel": "quotes", "instruments": ["NOPE"]},
-                 'unknown instruments: "NOPE"; known ones are rows of `instruments`')):
+                 'unknown instruments: "NOPE"; known ones are rows of `instruments`'),
+                ({"op": "subscribe", "channel": "orders", "after": None},
+                 "cursor must be a string from an order event, of at most 4096 characters,"
+                 " got null"),
+                ({"op": "subscribe", "channel": "orders", "after": "x" * 5000},
+                 "cursor must be a string from an order event, of at most 4096 characters,"
+                 ' got "' + "x" * 80 + '..."'),
+                ({"op": "subscribe", "channel": "orders", "after": "yesterday"},
+                 'not a cursor, got "yesterday"')):
             await ws.send(message)
             assert (await ws.recv_type("error"))["message"] == says
         # Named, not dumped: as deep as a frame may nest (json.dumps would recurse past

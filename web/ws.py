@@ -188,7 +188,7 @@ class Protocol:
             try:
                 position = Position.parse(message["after"])
             except CursorError as exc:
-                self.error("bad_request", str(exc))
+                self.error("bad_request", f"{exc.reason}, got {shown(exc.value)}")
                 return
         listener = self.state.listener
         if not await listener.wait_listening(LISTENER_WAIT_SECONDS):
