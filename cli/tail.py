@@ -68,10 +68,10 @@ def parse_after(after: str | None) -> Position | None:
 async def _owner_key(log: ChangeLog, owner: str) -> OwnerKey:
     if owner == ALL_OWNERS:
         return ALL_OWNERS
-    found = await queries.user_with_hash(log.pool, owner)
-    if found is None:
+    user = await queries.user_by_name(log.pool, owner)
+    if user is None:
         raise TailError(f"no user {owner!r} (--owner takes a username, or '*' for everyone)")
-    return found[0].id
+    return user.id
 
 
 def _write(out: TextIO, frames: list[str]) -> None:

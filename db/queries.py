@@ -115,6 +115,12 @@ async def user_by_id(db: Executor, user_id: int) -> User | None:
     return _user(row)
 
 
+async def user_by_name(db: Executor, username: str) -> User | None:
+    row = await db.fetchrow("SELECT id, username, is_staff FROM users WHERE username = $1",
+                            username)
+    return _user(row)
+
+
 async def user_with_hash(db: Executor, username: str) -> tuple[User, str | None] | None:
     row = await db.fetchrow(
         "SELECT id, username, is_staff, password_hash FROM users WHERE username = $1", username
