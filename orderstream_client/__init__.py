@@ -3,6 +3,7 @@
 
 from orderstream_client.api import ApiError, fetch_orders
 from orderstream_client.book import Book
-from orderstream_client.stream import Stream, StreamError, connect
+from orderstream_client.stream import Stream, StreamError, StreamUnavailable, connect
 
-__all__ = ["ApiError", "Book", "Stream", "StreamError", "connect", "fetch_orders"]
+__all__ = ["ApiError", "Book", "Stream", "StreamError", "StreamUnavailable", "connect",
+           "fetch_orders"]

@@ -27,15 +27,24 @@ Owner = int | Literal["*"]
 # Reconnect delays (seconds): the first, doubled on each failure up to the cap, each drawn
 # between half and all of that so clients of a restarted server do not all come at once.
 RETRY_FIRST, RETRY_CAP = 0.25, 8.0
-# Frames can be large: an order with a long note, a batch of up to 500 events (256 K
-# characters past its first event).
-MAX_FRAME_BYTES = 4 << 20
+# No limit on the size of a frame received: an order's note has none in the table, so neither
+# has the frame that carries it. With one, an order past it would close the connection each
+# time it came, and every resume from the cursor before it would bring it again.
+MAX_FRAME_BYTES = None
+# The server gives its database listener this long (seconds) before it answers a subscribe
+# with `unavailable` (web/ws.py LISTENER_WAIT_SECONDS): the answer is awaited this much
+# longer than `open_timeout`, so the client hears it instead of giving up just before.
+SERVER_LISTENER_WAIT = 10.0
 # Refusals that reconnecting cannot fix: bad credentials, another origin, no /ws there.
 FINAL_STATUSES = frozenset({401, 403, 404})
 # Close codes that reconnecting cannot fix: 1008 policy (token revoked, account deleted,
 # abuse). 1001 (server shutting down), 1011 and a dropped connection are retried.
 FINAL_CLOSE_CODES = frozenset({1008})
-# Subscribe answers worth asking again later (the server's database listener is down).
+# Answers that mean "not now": the handshake refused with 429 or 503 (the database cannot
+# say who is asking), a close with 1013 (try again later) or 4429 (too many open sockets),
+# and these subscribe errors (`unavailable`: the server's database listener is down).
+BUSY_STATUSES = frozenset({429, 503})
+BUSY_CLOSE_CODES = frozenset({1013, 4429})
 RETRY_ERRORS = frozenset({"unavailable", "rate_limited"})
 
 
@@ -44,11 +53,24 @@ class StreamError(Exception):
     token): reconnecting would not help."""
 
 
-class _TryAgain(Exception):
-    """The server cannot subscribe us just now."""
+class StreamUnavailable(ConnectionError):
+    """The server answered but cannot serve the stream just now (its database or its
+    database listener is away, too many sockets): try again later. Only the first
+    connection (entering `connect`) raises it; after that the stream retries by itself."""
 
 
-_RETRYABLE = (OSError, TimeoutError, InvalidHandshake, ConnectionClosed, _TryAgain)
+_RETRYABLE = (OSError, TimeoutError, InvalidHandshake, ConnectionClosed)
+
+
+def _close_error(exc: ConnectionClosed) -> Exception:
+    """What the server closing the socket means: for good (`StreamError`), not now
+    (`StreamUnavailable`), or a lost connection to resume (`exc` itself)."""
+    code, reason = (exc.rcvd.code, exc.rcvd.reason) if exc.rcvd is not None else (None, "")
+    if code in FINAL_CLOSE_CODES:
+        return StreamError(f"the server closed the stream: {code} {reason}")
+    if code in BUSY_CLOSE_CODES:
+        return StreamUnavailable(f"the server closed the socket: {code} {reason}")
+    return exc
 
 
 def ws_url(base_url: str) -> str:
@@ -86,6 +108,10 @@ class Stream:
         self._ws: ClientConnection | None = None
         self._pending: deque[Event] = deque()  # the rest of a batch frame
         self._opened = False  # connected once: later connections are reconnections
+        # Connections tried since one last delivered an event: the exponent of the backoff.
+        # Only an event resets it, so a server that accepts the subscription and then fails
+        # at once (on every resume from the same cursor) is not asked again every retry_first.
+        self._failures = 0
         self._closed = False
         self._closing = asyncio.Event()
         # Connections made after the first (a test that restarts the server checks it).
@@ -135,15 +161,16 @@ class Stream:
                 if self._closed:
                     raise StopAsyncIteration from None
                 self._ws = None
-                code = exc.rcvd.code if exc.rcvd is not None else None
-                if code in FINAL_CLOSE_CODES:
-                    reason = exc.rcvd.reason if exc.rcvd is not None else ""
-                    raise StreamError(f"the server closed the stream: {code} {reason}") from exc
+                error = _close_error(exc)
+                if isinstance(error, StreamError):
+                    raise error from exc
                 log.info("orderstream: connection lost (%s); reconnecting", exc)
                 await self._reconnect()
                 continue
             frame = json.loads(text)
             kind = frame.get("type")
+            if kind in ("order", "resync", "batch"):
+                self._failures = 0
             if kind in ("order", "resync"):
                 return self._hand_out(frame)
             if kind == "batch":
@@ -175,6 +202,9 @@ class Stream:
             status = exc.response.status_code
             if status in FINAL_STATUSES:
                 raise StreamError(f"the server refused the socket: HTTP {status}") from exc
+            if status in BUSY_STATUSES:
+                raise StreamUnavailable(f"the server cannot take the socket just now: HTTP"
+                                        f" {status}") from exc
             raise
         try:
             await self._subscribe(ws)
@@ -195,28 +225,39 @@ class Stream:
             message["after"] = self._cursor
         if self._batch:
             message["batch"] = True
-        await ws.send(json.dumps(message))
-        async with asyncio.timeout(self._open_timeout):
-            while True:
-                frame = json.loads(await ws.recv())
-                kind = frame.get("type")
-                if kind == "subscribed" and frame.get("channel") == "orders":
-                    self.owner = frame.get("owner")
-                    self.batch = frame.get("batch") is True
-                    if self._cursor is None:
-                        self._cursor = frame.get("cursor")
-                    return
-                if kind == "error":
-                    text = f"{frame.get('code')}: {frame.get('message')}"
-                    if frame.get("code") in RETRY_ERRORS:
-                        raise _TryAgain(text)
-                    raise StreamError(f"subscribe refused: {text}")
+        try:
+            await ws.send(json.dumps(message))
+            async with asyncio.timeout(self._open_timeout + SERVER_LISTENER_WAIT):
+                await self._subscribed(ws)
+        except ConnectionClosed as exc:
+            error = _close_error(exc)
+            if error is exc:
+                raise
+            raise error from exc
+
+    async def _subscribed(self, ws: ClientConnection) -> None:
+        """Until the server's answer to subscribe: confirmed, or an error raised."""
+        while True:
+            frame = json.loads(await ws.recv())
+            kind = frame.get("type")
+            if kind == "subscribed" and frame.get("channel") == "orders":
+                self.owner = frame.get("owner")
+                self.batch = frame.get("batch") is True
+                if self._cursor is None:
+                    self._cursor = frame.get("cursor")
+                return
+            if kind == "error":
+                text = f"{frame.get('code')}: {frame.get('message')}"
+                if frame.get("code") in RETRY_ERRORS:
+                    raise StreamUnavailable(f"subscribe: {text}")
+                raise StreamError(f"subscribe refused: {text}")
 
     async def _reconnect(self) -> None:
         """Until connected and subscribed again (or closed), with jittered capped backoff."""
-        attempt = 0
         while not self._closed:
-            ceiling = min(self._retry_cap, self._retry_first * 2**attempt)
+            # The exponent stops growing long after the cap is reached (2**1100 is no float).
+            ceiling = min(self._retry_cap, self._retry_first * 2 ** min(self._failures, 30))
+            self._failures += 1
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._closing.wait(), random.uniform(ceiling / 2, ceiling))
             if self._closed:
@@ -224,7 +265,6 @@ class Stream:
             try:
                 await self._open()
             except _RETRYABLE as exc:
-                attempt += 1
                 log.info("orderstream: reconnect failed (%s); retrying", exc)
                 continue
             self.reconnects += 1
@@ -242,10 +282,15 @@ def connect(base_url: str, *, token: str, owner: Owner | None = None,
     stream still hands them out one by one, each with its cursor, so nothing else changes.
 
     Use it as ``async with connect(...) as stream: async for event in stream: ...``.
-    Entering connects and subscribes, raising if the server cannot be reached or refuses
-    (`StreamError`); after that, a lost connection is retried with jittered backoff
-    (from `retry_first` seconds, doubling up to `retry_cap`) and resumed from
-    `stream.cursor`, without a gap or a repeat.
+    Entering connects and subscribes. It raises what `websockets` does if the server cannot
+    be reached (`OSError`, `TimeoutError` past `open_timeout`, `InvalidHandshake` for an
+    answer that is no WebSocket handshake, `ConnectionClosed` for a socket closed before
+    the subscribe is answered), `StreamUnavailable` (an `OSError` too) if the
+    server answers that it cannot serve the stream just now, and `StreamError` if it refuses
+    for good. After that, a lost connection is retried with jittered backoff (from
+    `retry_first` seconds, doubling up to `retry_cap`, back to `retry_first` once a
+    connection delivers an event) and resumed from `stream.cursor`, without a gap or a
+    repeat. Frames of any size are taken.
     """
     return Stream(base_url, token, owner, after, batch=batch, retry_first=retry_first,
                   retry_cap=retry_cap, open_timeout=open_timeout)
