@@ -1,13 +1,22 @@
-"""Settings: settings.toml, then ORDERSTREAM_<KEY> / DATABASE_URL, then explicit overrides."""
+"""Settings: settings.toml, then ORDERSTREAM_<KEY> / DATABASE_URL, then explicit overrides;
+every value checked against its rule (RULES) as a Settings is made."""
 
 from __future__ import annotations
 
+import math
 import os
 import secrets
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
+
+from argon2 import DEFAULT_PARALLELISM
+from argon2.low_level import lib as argon2_lib
+
+from cli.logs import FORMATS
 
 ROOT = Path(__file__).resolve().parent
 SETTINGS_FILE = ROOT / "settings.toml"
@@ -15,7 +24,7 @@ ENV_PREFIX = "ORDERSTREAM_"
 
 
 class SettingsError(ValueError):
-    """A setting has a value of the wrong kind."""
+    """A setting has a value of the wrong kind, or one outside what its rule allows."""
 
 
 @dataclass(frozen=True)
@@ -48,6 +57,14 @@ class Settings:
     ws_compress_min_bytes: int = 4096
     log_level: str = "info"
     log_format: str = "text"
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            allowed, problem = RULES[f.name]
+            said = problem(value)
+            if said is not None:
+                raise SettingsError(f"setting {f.name!r}: must be {allowed}, {said}")
 
     @property
     def data_path(self) -> Path:
@@ -84,6 +101,127 @@ def _coerce(key: str, value: Any, kind: type) -> Any:
         raise SettingsError(f"setting {key!r}: expected {kind.__name__}, got {value!r}") from None
 
 
+# -- the rules: (what is allowed, in words; what is wrong with a value, or None) -------------
+
+Rule = tuple[str, Callable[[Any], str | None]]
+
+
+def _within(low: float, high: float | None, zero: str = "") -> Rule:
+    """low..high inclusive (no upper bound when high is None); `zero`: what 0 means."""
+    if zero:
+        allowed = f"0 ({zero}) or more" if high is None else f"0 ({zero}) to {high}"
+    else:
+        allowed = f"{low} or more" if high is None else f"{low}-{high}"
+
+    def problem(value: float) -> str | None:
+        fits = math.isfinite(value) and low <= value and (high is None or value <= high)
+        return None if fits else f"got {value!r}"
+
+    return allowed, problem
+
+
+def _above_zero(high: float, meaning: str) -> Rule:
+    def problem(value: float) -> str | None:
+        return None if math.isfinite(value) and 0 < value <= high else f"got {value!r}"
+
+    return f"above 0, at most {high} ({meaning})", problem
+
+
+def _one_of(*choices: str, any_case: bool = False) -> Rule:
+    def problem(value: str) -> str | None:
+        return None if (value.lower() if any_case else value) in choices else f"got {value!r}"
+
+    return "one of " + ", ".join(map(repr, choices)), problem
+
+
+def _is_origin(text: str) -> bool:
+    parts = urlsplit(text)
+    try:
+        port = parts.port
+    except ValueError:  # not a number, or past 65535
+        return False
+    return (parts.scheme in ("http", "https") and bool(parts.hostname) and port != 0
+            and "@" not in parts.netloc and parts.path in ("", "/")
+            and not parts.query and not parts.fragment)
+
+
+def _origins_problem(origins: list[str]) -> str | None:
+    # web/ws.py compares the Origin header with these as strings: anything but an origin
+    # as browsers send it would never match, silently.
+    bad = [origin for origin in origins if not _is_origin(origin)]
+    return f"got {bad[0]!r}" if bad else None
+
+
+def _database_url_problem(url: str) -> str | None:
+    if not url or url.startswith(("postgresql://", "postgres://")):
+        return None
+    return "got a value not shown here (it may hold a password)"
+
+
+def _secret_key_problem(key: str) -> str | None:
+    # Too short a key makes session cookies guessable; the key itself is never echoed.
+    return None if not key or len(key) >= MIN_SECRET_KEY else f"got {len(key)} characters"
+
+
+def _host_problem(host: str) -> str | None:
+    return None if host and not any(c.isspace() for c in host) else f"got {host!r}"
+
+
+def _data_dir_problem(path: str) -> str | None:
+    return None if path else f"got {path!r}"
+
+
+# PostgreSQL's largest statement_timeout and lock_timeout (ms): an int.
+PG_MAX_TIMEOUT_MS = 2**31 - 1
+MIN_SECRET_KEY = 32
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+COOKIE_SECURE = ("auto", "always", "never")  # web/app.py Sessions
+# argon2's own floors: 1 pass, and 8 KiB for each of the hasher's lanes (web/passwords.py
+# uses argon2-cffi's default parallelism).
+ARGON2_MIN_TIME_COST = argon2_lib.ARGON2_MIN_TIME
+ARGON2_MIN_MEMORY_KIB = argon2_lib.ARGON2_MIN_MEMORY * DEFAULT_PARALLELISM
+
+RULES: dict[str, Rule] = {
+    "host": ("a host name or address (not empty, no spaces)", _host_problem),
+    "port": _within(1, 65535),
+    "workers": _within(1, 1024),
+    "database_url": ("empty (the embedded database) or a postgresql:// URL",
+                     _database_url_problem),
+    "data_dir": ("a directory path (not empty)", _data_dir_problem),
+    "secret_key": (f"empty (one is generated and kept in data_dir) or at least "
+                   f"{MIN_SECRET_KEY} characters", _secret_key_problem),
+    "cookie_secure": _one_of(*COOKIE_SECURE),
+    "allowed_origins": ("origins (http:// or https://, host[:port], nothing after it)",
+                        _origins_problem),
+    "pool_min_size": _within(0, 1000),
+    # One connection is kept back for /healthz (db/pool.py): 2 leaves one for requests.
+    "pool_max_size": _within(2, 1000),
+    "pool_acquire_timeout_s": _within(0, 3600, "wait forever"),
+    "pool_read_reserve": _within(0, 1000),
+    "api_statement_timeout_ms": _within(0, PG_MAX_TIMEOUT_MS, "off"),
+    "api_lock_timeout_ms": _within(0, PG_MAX_TIMEOUT_MS, "off"),
+    # Below a few frames a session would live behind, reading the log a row at a time.
+    "session_queue_bytes": _within(4096, 2**30),
+    # 0 would make the listener's queue unbounded (asyncio.Queue).
+    "listener_queue_size": _within(1, 10_000_000),
+    "max_page_size": _within(1, 100_000),
+    # 0 would prune every event at once: no cursor could resume.
+    "change_log_retention_hours": _above_zero(87600, "ten years"),
+    "log_read_connections": _within(1, 100),
+    "log_statement_timeout_ms": _within(0, PG_MAX_TIMEOUT_MS, "off"),
+    "argon2_time_cost": _within(ARGON2_MIN_TIME_COST, 100),
+    "argon2_memory_cost_kib": _within(ARGON2_MIN_MEMORY_KIB, 4 * 2**20),  # 4 GiB a hash
+    # 0 would refuse every login with 429.
+    "login_max_failures": _within(1, 10_000),
+    "password_hash_concurrency": _within(0, 1024, "one per CPU"),
+    "max_sockets_per_user": _within(0, 1_000_000, "no limit"),
+    "ws_compress_min_bytes": _within(0, None, "never compress"),
+    # Any case: logging and uvicorn both take "WARNING" as "warning".
+    "log_level": _one_of(*LOG_LEVELS, any_case=True),
+    "log_format": _one_of(*FORMATS),
+}
+
+
 def load_settings(path: Path = SETTINGS_FILE, environ: dict[str, str] | None = None) -> Settings:
     """Read defaults from settings.toml and apply environment overrides."""
     environ = dict(os.environ) if environ is None else environ
@@ -103,6 +241,20 @@ def load_settings(path: Path = SETTINGS_FILE, environ: dict[str, str] | None = N
     if "database_url" not in env and environ.get("DATABASE_URL"):
         env["database_url"] = environ["DATABASE_URL"]
     return base.with_overrides(**env)
+
+
+def prepare_data_dir(settings: Settings) -> None:
+    """Create the data directory if needed; SettingsError, in one line, when it cannot be
+    made or written (the secret key and the embedded database live there)."""
+    path = settings.data_path
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SettingsError(f"setting 'data_dir': cannot use {str(path)!r} as a directory: "
+                            f"{exc.strerror}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise SettingsError(f"setting 'data_dir': cannot use {str(path)!r} as a directory: "
+                            "not writable")
 
 
 def secret_key(settings: Settings) -> str:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import logging
+import math
 import os
 import signal
 import sys
@@ -54,14 +55,16 @@ _NUMBER_NAMES = {int: "a whole number", float: "a number"}
 
 
 def _positive(kind: type[int] | type[float]):  # type: ignore[no-untyped-def]
-    """argparse type: a number above zero (workers, rates, timeouts)."""
+    """argparse type: a finite number above zero (workers, rates, timeouts)."""
 
     def parse(text: str) -> int | float:
         try:
-            value = kind(text)
+            value: int | float | None = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"expected {_NUMBER_NAMES[kind]}, got {text!r}") from None
+            value = None
+        # float() also takes "nan" and "inf": no rate, count or timeout can be either.
+        if value is None or not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"expected {_NUMBER_NAMES[kind]}, got {text!r}")
         if value <= 0:
             raise argparse.ArgumentTypeError(f"must be above 0, got {text!r}")
         return value
@@ -112,10 +115,11 @@ def _parser() -> argparse.ArgumentParser:
                        help="read the password from the first line of stdin")
     p = command("token", "print a new API token for a user (only the token)")
     p.add_argument("name", metavar="USERNAME", help="whose token it is")
-    p.add_argument("--name", dest="token_name", metavar="LABEL", default="",
+    p.add_argument("--name", dest="token_name", metavar="LABEL",
                    help="the token's name, as GET /api/tokens and the tokens page show it"
                         " (1-100 characters)")
-    command("demo", "create demo users (passwords printed) and orders")
+    command("demo", "create the demo users that do not exist yet (passwords printed) and "
+                    "their orders")
     p = command("simulate", "write orders and quotes at --rate changes/s until Ctrl-C")
     p.add_argument("--rate", type=_positive(float), default=10.0,
                    help="changes per second (default 10)")
@@ -146,15 +150,11 @@ def _settings(args: argparse.Namespace) -> config.Settings:
     )
 
 
-def _check(settings: config.Settings) -> None:
-    """What argparse checks for flags, checked again for settings.toml and the environment."""
-    if not 1 <= settings.port <= 65535:
-        raise config.SettingsError(f"setting 'port': must be 1-65535, got {settings.port}")
-    if settings.workers < 1:
-        raise config.SettingsError(f"setting 'workers': must be 1 or more, got {settings.workers}")
-    if settings.ws_compress_min_bytes < 0:
-        raise config.SettingsError("setting 'ws_compress_min_bytes': must be 0 (never compress)"
-                                   f" or more, got {settings.ws_compress_min_bytes}")
+def _uses_data_dir(command: str, settings: config.Settings) -> bool:
+    """The embedded database keeps its files in data_dir, and serve its generated secret
+    key (db-stop only looks for a server there)."""
+    return (not settings.database_url and command != "db-stop") or (
+        command == "serve" and not settings.secret_key)
 
 
 def _fail(message: str, code: int = 2) -> int:
@@ -187,20 +187,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = args.command or "serve"
     try:
         settings = _settings(args)
-        _check(settings)
+        if _uses_data_dir(command, settings):
+            config.prepare_data_dir(settings)
     except config.SettingsError as exc:
         return _fail(str(exc))
     password = None
     if command == "createuser":
-        # Before the database starts: a missing password fails fast.
+        # Before the database starts: a missing or refused password fails fast.
         password = _read_password(args)
         if password is None:
             return 2
-    from cli.logs import FORMATS, configure
+    from cli.logs import configure
 
-    if settings.log_format not in FORMATS:
-        return _fail(f"setting 'log_format': expected one of {FORMATS!r}, "
-                     f"got {settings.log_format!r}")
     configure(settings.log_level, settings.log_format)
     # Imported here so `--help` and settings errors stay fast.
     import asyncpg
@@ -286,11 +284,34 @@ def _migrate_options(args: argparse.Namespace) -> dict[str, float]:
 
 
 def _read_password(args: argparse.Namespace) -> str | None:
-    """createuser's password from --password, stdin or the terminal; None after saying why."""
+    """createuser's password from --password, stdin or the terminal, if the API would take
+    it (web/users_api.py); None after saying why."""
+    password = _given_password(args)
+    if password is None:
+        return None
+    from db.text import encodable
+    from web.users_api import MAX_PASSWORD, MIN_PASSWORD
+
+    # The API's lengths: /login refuses a longer password, so it could never log in.
+    if not MIN_PASSWORD <= len(password) <= MAX_PASSWORD:
+        _fail(f"createuser: the password must be {MIN_PASSWORD}-{MAX_PASSWORD} characters, "
+              f"got {len(password)}")
+        return None
+    if not encodable(password):  # bytes that are not UTF-8 (argv keeps them as surrogates)
+        _fail("createuser: the password must be valid UTF-8 text")
+        return None
+    return password
+
+
+def _given_password(args: argparse.Namespace) -> str | None:
     if args.password is not None:
         return args.password
     if args.password_stdin:
-        line = sys.stdin.readline()
+        try:
+            line = sys.stdin.readline()
+        except UnicodeDecodeError:
+            _fail("createuser: the password must be valid UTF-8 text")
+            return None
         if not line:
             _fail("createuser --password-stdin: stdin is empty; expected the password on "
                   "one line")
@@ -318,8 +339,6 @@ def _createuser(args: argparse.Namespace, settings: config.Settings, url: str,
     from cli.users import UserError, create_user
     from web.passwords import Passwords
 
-    if len(password) < 8:
-        return _fail("password must be at least 8 characters")
     try:
         user_id = create_user(url, Passwords(settings.argon2_time_cost,
                                              settings.argon2_memory_cost_kib),
@@ -338,7 +357,7 @@ def _print_demo(settings: config.Settings, url: str) -> None:
                                            settings.argon2_memory_cost_kib))
     print("demo users (username / password):")
     for username, password in credentials:
-        print(f"  {username:8} {password}")
+        print(f"  {username:8} {password or 'exists already: its password was left unchanged'}")
 
 
 def _simulate(args: argparse.Namespace, url: str) -> int:

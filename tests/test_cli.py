@@ -5,22 +5,30 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import os
+import pty
 import re
+import select
 import subprocess
 import sys
+import time
 
 import httpx
 import psycopg
 
+from cli.users import create_user
 from tests.conftest import FAST_PASSWORDS, ROOT, free_port
 from tests.support.database import own_database
+from web.users_api import MAX_PASSWORD, MIN_PASSWORD
+
+
+def cli_env(db_url: str) -> dict[str, str]:
+    return {**os.environ, "DATABASE_URL": db_url, "ORDERSTREAM_ARGON2_TIME_COST": "1",
+            "ORDERSTREAM_ARGON2_MEMORY_COST_KIB": "8192", "ORDERSTREAM_LOG_LEVEL": "warning"}
 
 
 def cli(db_url: str, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "DATABASE_URL": db_url, "ORDERSTREAM_ARGON2_TIME_COST": "1",
-           "ORDERSTREAM_ARGON2_MEMORY_COST_KIB": "8192", "ORDERSTREAM_LOG_LEVEL": "warning"}
-    return subprocess.run([sys.executable, "server.py", *args], cwd=ROOT, env=env, input=stdin,
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run([sys.executable, "server.py", *args], cwd=ROOT, env=cli_env(db_url),
+                          input=stdin, capture_output=True, text=True, timeout=60)
 
 
 def test_createuser_and_token(db_url, server):
@@ -49,7 +57,9 @@ def test_createuser_staff_and_bad_input(db_url):
         row = conn.execute("SELECT is_staff FROM users WHERE username = %s", (name,)).fetchone()
     assert row == (True,)
     short = cli(db_url, "createuser", "shorty", "--password", "short")
-    assert short.returncode == 2 and "at least 8" in short.stderr
+    assert short.returncode == 2
+    assert short.stderr == ("server.py: createuser: the password must be 8-256 characters, "
+                            "got 5\n")
     bad = cli(db_url, "createuser", "no spaces please", "--password", "long-enough-3")
     assert bad.returncode == 2 and "invalid username" in bad.stderr
     missing = cli(db_url, "token", "nobody-by-that-name")
@@ -59,7 +69,11 @@ def test_createuser_staff_and_bad_input(db_url):
     assert "invalid token name 'tab\\there': must not contain control characters" in badname.stderr
     blank = cli(db_url, "token", name, "--name", "   ")
     assert blank.returncode == 2 and "must be a string of 1-100 characters" in blank.stderr
-    for result in (short, bad, missing, badname, blank):
+    empty = cli(db_url, "token", name, "--name", "")  # as the API refuses "name": ""
+    assert empty.returncode == 2
+    assert empty.stderr == ("server.py: invalid token name '': must be a string of 1-100 "
+                            "characters, not only spaces\n")
+    for result in (short, bad, missing, badname, blank, empty):
         assert "Traceback" not in result.stderr
     with psycopg.connect(db_url) as conn:  # nothing stored for the refused ones
         assert conn.execute("SELECT count(*) FROM api_tokens t JOIN users u ON u.id = t.user_id"
@@ -142,6 +156,12 @@ def test_counts_and_rates_are_validated(db_url):
                         " got '0'"),
                        (("simulate", "--rate", "fast"), "argument --rate: expected a number,"
                         " got 'fast'"),
+                       (("simulate", "--rate", "nan"), "argument --rate: expected a number,"
+                        " got 'nan'"),
+                       (("simulate", "--rate", "inf"), "argument --rate: expected a number,"
+                        " got 'inf'"),
+                       (("migrate", "--retry-for", "Infinity"), "argument --retry-for: expected"
+                        " a number, got 'Infinity'"),
                        (("bench", "--rounds", "x"), "argument --rounds: expected a whole"
                         " number, got 'x'")):
         result = cli(db_url, *args)
@@ -213,3 +233,105 @@ def test_which_serves_migrate_first():
     assert _migrates_first("serve", parse(["--demo"]), external)  # --demo implies --migrate
     assert _migrates_first("serve", parse([]), embedded)  # the embedded database is yours alone
     assert not _migrates_first("token", parse(["token", "x"]), embedded)
+
+
+# -- passwords: the API's rule (audit, item 3) -----------------------------------------------
+
+
+def _createuser_at_a_terminal(db_url: str, name: str, typed: str) -> tuple[int | None, str]:
+    """`createuser NAME` on a real terminal (a pty), typing `typed` at both prompts once each
+    shows; its exit status and what the terminal showed."""
+    master, slave = pty.openpty()
+    # A session of its own: the pty is then its only terminal (getpass reads it as stdin).
+    run = subprocess.Popen([sys.executable, "server.py", "createuser", name], cwd=ROOT,
+                           env=cli_env(db_url), stdin=slave, stdout=slave, stderr=slave,
+                           start_new_session=True)
+    os.close(slave)
+    shown, prompts = b"", [b"Password for ", b"Again: "]
+    deadline = time.monotonic() + 60
+    try:
+        while True:
+            ready, _, _ = select.select([master], [], [], max(0.0, deadline - time.monotonic()))
+            assert ready, f"createuser stopped answering after {shown!r}"
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:  # EIO: every process let go of the terminal
+                break
+            if not chunk:
+                break
+            shown += chunk
+            if prompts and prompts[0] in shown:
+                prompts.pop(0)
+                os.write(master, typed.encode() + b"\n")
+        return run.wait(timeout=60), shown.decode()
+    finally:
+        os.close(master)
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+
+
+def test_createuser_takes_the_apis_password_lengths(db_url):
+    """POST /api/users takes 8-256 characters and /login checks no more: createuser refuses
+    a longer password however it is given, before anything is stored."""
+    name = f"longpw_{os.getpid()}"
+    too_long = "p" * (MAX_PASSWORD + 1)
+    said = (f"server.py: createuser: the password must be {MIN_PASSWORD}-{MAX_PASSWORD} "
+            f"characters, got {MAX_PASSWORD + 1}")
+    for refused in (cli(db_url, "createuser", name, "--password", too_long),
+                    cli(db_url, "createuser", name, "--password-stdin", stdin=too_long + "\n")):
+        assert refused.returncode == 2 and refused.stderr == said + "\n"
+    status, shown = _createuser_at_a_terminal(db_url, name, too_long)
+    assert status == 2 and said in shown, shown
+    # Bytes that are not UTF-8 (the API takes only valid Unicode; argon2 could not hash it).
+    not_text = cli(db_url, "createuser", name, "--password", os.fsdecode(b"long-\xff-enough"))
+    assert not_text.returncode == 2
+    assert not_text.stderr == "server.py: createuser: the password must be valid UTF-8 text\n"
+    with psycopg.connect(db_url) as conn:
+        assert conn.execute("SELECT 1 FROM users WHERE username = %s", (name,)).fetchone() is None
+    longest = "q" * MAX_PASSWORD
+    status, shown = _createuser_at_a_terminal(db_url, name, longest)
+    assert status == 0 and f"created user {name!r}" in shown, shown
+    with psycopg.connect(db_url) as conn:
+        row = conn.execute("SELECT password_hash FROM users WHERE username = %s",
+                           (name,)).fetchone()
+    assert row is not None and FAST_PASSWORDS.verify(row[0], longest)
+
+
+# -- demo on a database with accounts (audit, item 2) ----------------------------------------
+
+
+def test_demo_never_changes_an_existing_account(server_url):
+    """On a shared database a demo user's name may be a real account: demo creates the demo
+    users that are missing, and leaves the others' passwords, staff flags and orders alone."""
+    with own_database(server_url, "demo_keep") as url:
+        create_user(url, FAST_PASSWORDS, "alice", "alice-own-password", False)
+        create_user(url, FAST_PASSWORDS, "admin", "admin-own-password", False)
+
+        def accounts() -> dict[str, tuple[str, bool, int]]:
+            with psycopg.connect(url) as conn:
+                rows = conn.execute(
+                    "SELECT username, password_hash, is_staff,"
+                    " (SELECT count(*) FROM orders o WHERE o.owner_id = u.id) FROM users u"
+                ).fetchall()
+            return {name: (password_hash, staff, orders)
+                    for name, password_hash, staff, orders in rows}
+
+        before = accounts()
+        first = cli(url, "demo")
+        assert first.returncode == 0, first.stderr
+        assert first.stdout.splitlines() == [
+            "demo users (username / password):",
+            "  alice    exists already: its password was left unchanged",
+            "  bob      bob-demo",
+            "  carol    carol-demo",
+            "  admin    exists already: its password was left unchanged"]
+        after = accounts()
+        assert after["alice"] == before["alice"] and after["admin"] == before["admin"]
+        assert FAST_PASSWORDS.verify(after["bob"][0], "bob-demo") and after["bob"][2] > 0
+        again = cli(url, "demo")
+        assert again.returncode == 0, again.stderr
+        assert again.stdout.splitlines()[1:] == [
+            f"  {name:8} exists already: its password was left unchanged"
+            for name in ("alice", "bob", "carol", "admin")]
+        assert accounts() == after

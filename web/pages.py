@@ -17,6 +17,7 @@ from web.csrf import FORM_FIELD, csrf_token, csrf_valid
 from web.errors import error_response, failure_error
 from web.order_input import SIDES, STATUSES
 from web.throttle import LoginThrottle
+from web.users_api import MAX_PASSWORD
 
 templates = Jinja2Templates(directory=str(Path(__file__).resolve().parent / "templates"))
 templates.env.globals.update(order_sides=SIDES, order_statuses=STATUSES)
@@ -68,7 +69,7 @@ async def login_form(request: Request) -> Response:
 async def login(request: Request) -> Response:
     form = await request.form(max_files=0, max_fields=20)
     username = str(form.get("username", ""))[:64].strip()
-    password = str(form.get("password", ""))[:256]
+    password = str(form.get("password", ""))
     next_url = _safe_next(form.get("next"))
     if not _login_csrf_ok(request, form.get(FORM_FIELD)):
         return _render(request, "login.html", status=403, next=next_url, username=username,
@@ -81,13 +82,20 @@ async def login(request: Request) -> Response:
         return _too_many_logins(request, throttle.retry_after(username, address), next_url,
                                 username)
     try:
-        found = await queries.user_with_hash(request.state.pool, username) if username else None
+        # No account has a password longer than the API takes: one is wrong as it stands
+        # (cut to fit, it could match), and not worth hashing (the cost grows with length).
+        fits = len(password) <= MAX_PASSWORD
+        found = (await queries.user_with_hash(request.state.pool, username)
+                 if username and fits else None)
         password_hash = found[1] if found else None
-        ok = await request.state.passwords.verify_async(password_hash, password)
+        ok = fits and await request.state.passwords.verify_async(password_hash, password)
         if not ok or found is None:
             attempt.failed()
-            return _render(request, "login.html", status=401, next=next_url, username=username,
-                           error="Wrong username or password.")
+            page = _render(request, "login.html", status=401, next=next_url,
+                           username=username, error="Wrong username or password.")
+            # Every 401 names a way to authenticate (RFC 9110), this page's included.
+            page.headers["WWW-Authenticate"] = 'Bearer realm="orderstream"'
+            return page
         attempt.succeeded()
     finally:
         attempt.release()  # the check never ended (the database failed): not a failure
