@@ -141,6 +141,11 @@ async def test_resumed_sockets_that_do_not_read_hold_their_budget_not_the_gap(
     try:
         for client in stuck:
             client.send_json({"op": "subscribe", "channel": "orders", "after": cursor})
+        # Each one's catch-up has begun (it starts as `subscribed` is queued), so the sit
+        # below is theirs; then they read nothing more.
+        for client in stuck:
+            first = json.loads(await asyncio.wait_for(asyncio.to_thread(client.recv_text), 30))
+            assert first["type"] == "subscribed", first
         await asyncio.sleep(SIT_SECONDS / 2)
         await asyncio.to_thread(write_while_stuck, sql, alice.id)
         await asyncio.sleep(SIT_SECONDS / 2)
@@ -167,8 +172,6 @@ async def test_resumed_sockets_that_do_not_read_hold_their_budget_not_the_gap(
         # then live ones.
         missed = changes_of(sql, alice.id, last_seen)
         started = time.perf_counter()
-        first = json.loads(await asyncio.to_thread(stuck[0].recv_text))
-        assert first["type"] == "subscribed", first
         seqs = await asyncio.to_thread(read_seqs, stuck[0], len(missed))
         print(f"a stuck socket that starts reading: {len(seqs)} changes in "
               f"{time.perf_counter() - started:.1f} s")

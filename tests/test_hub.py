@@ -111,6 +111,8 @@ async def test_a_slow_subscriber_falls_behind_reads_the_log_and_rejoins_without_
                 stream.change(1, order_id=round_)
             got_fast += await read_all(fast, 20)  # the fast one keeps up
         assert slow.mode is Mode.BEHIND and slow.queue.bytes <= 4000
+        catching_up = slow.catch_up
+        assert catching_up is not None
         got = await read_all(slow, 200)  # now it reads: the log brings the rest
         orders = [f for f in got if f["type"] == "order"]
         assert [f["seq"] for f in orders] == list(range(1, 201))  # all, once, in order
@@ -118,7 +120,7 @@ async def test_a_slow_subscriber_falls_behind_reads_the_log_and_rejoins_without_
         assert [f["seq"] for f in got_fast] == list(range(1, 201))
         # Rejoined: the next change comes live, its cursor the stream's. (Until the stream
         # starts another transaction, the log read is a little ahead of it.)
-        await asyncio.sleep(0)
+        await asyncio.wait_for(catching_up, 2)
         assert slow.mode in (Mode.AHEAD, Mode.CURRENT)
         stream.change(1)
         [live] = queued(slow)
@@ -134,7 +136,9 @@ async def test_changes_published_while_a_read_is_out_are_not_lost():
         first = stream.change(1, publish=False)
         log.gate = asyncio.Event()
         hub.subscribe_orders(sub, 1, after=Position(first.xid))  # resume: reads the log
-        await asyncio.sleep(0)
+        async with asyncio.timeout(2):
+            while sub.held is None:  # until its read is out (it holds live events meanwhile)
+                await asyncio.sleep(0)
         stream.change(1)  # published while the read waits
         stream.change(1)
         log.gate.set()
@@ -152,7 +156,9 @@ async def test_a_resume_ahead_of_this_process_skips_what_its_cursor_covers():
         # The client's cursor (from a process that was ahead) covers all three.
         client = Position(behind[-1].xid + 1)
         hub.subscribe_orders(sub, 1, after=client)
-        await asyncio.sleep(0.01)
+        catching_up = sub.catch_up
+        assert catching_up is not None
+        await asyncio.wait_for(catching_up, 2)  # its read found nothing it lacks: rejoined
         assert sub.mode is Mode.AHEAD
         for change in behind:  # this process now publishes what the client has
             hub.publish(change, hub.position.after_change(change.xid, change.seq,
@@ -168,9 +174,11 @@ async def test_a_cursor_the_log_no_longer_covers_gets_resync_then_live():
     log.expired_below = 1000
     async with hub.subscriber(1, False) as sub:
         hub.subscribe_orders(sub, 1, after=Position(5))
+        catching_up = sub.catch_up
+        assert catching_up is not None
         got = await asyncio.wait_for(sub.queue.get(), 2)
         assert json.loads(got) == {"type": "resync", "reason": ResyncReason.EXPIRED}
-        await asyncio.sleep(0)
+        await asyncio.wait_for(catching_up, 2)  # rejoined
         stream.change(1)
         assert [f["seq"] for f in queued(sub)] == [1]
 
@@ -267,12 +275,17 @@ async def test_narrow_never_gives_back_what_the_stream_took():
 
 
 async def test_a_subscriber_that_never_reads_stays_within_its_budget():
-    hub, _, stream = make(queue_bytes=10_000)
+    hub, log, stream = make(queue_bytes=10_000)
     async with hub.subscriber(1, False) as s:
         hub.subscribe_orders(s, 1)
         for _ in range(2000):
             stream.change(1, note="x" * 500)
-        await asyncio.sleep(0.01)
+        catching_up = s.catch_up
+        assert catching_up is not None
+        # It waits for room in the queue, which never comes: proven by a wait that times out.
+        done, _ = await asyncio.wait({catching_up}, timeout=0.1)
+        assert not done, "the catch-up ended though the subscriber never read"
+        assert log.reads == 0  # nothing read from the log into a full queue
         assert s.queue.bytes <= 10_000 and s.mode is Mode.BEHIND
 
 

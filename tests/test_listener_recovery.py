@@ -15,6 +15,17 @@ async def metric(server: ServerProcess, name: str) -> float:
     return (await metrics(server))[name]
 
 
+async def wait_metric(server: ServerProcess, name: str, at_least: float,
+                      timeout: float = 10.0) -> float:
+    """Until the server's counter `name` reaches `at_least`; fails if it does not within
+    `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while (value := await metric(server, name)) < at_least:
+        assert time.monotonic() < deadline, f"{name} still {value:g} after {timeout:g} s"
+        await asyncio.sleep(0.05)
+    return value
+
+
 async def test_terminated_listener_recovers_without_losing_events(own_server, make_user, sql):
     alice = make_user()
     async with open_socket(own_server, alice) as ws:
@@ -41,13 +52,10 @@ async def test_healthz_reports_the_listener(own_server, sql):
     async with httpx.AsyncClient(base_url=own_server.base_url) as client:
         assert (await client.get("/healthz")).json() == {
             "status": "ok", "database": True, "listener": True}
-        terminate_listeners(sql)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            # Recovered (and listening again) after a reconnect.
-            if await metric(own_server, "orderstream_listener_reconnects_total") >= 1:
-                break
-            await asyncio.sleep(0.05)
+        reconnects = await metric(own_server, "orderstream_listener_reconnects_total")
+        assert terminate_listeners(sql) >= 1
+        # Recovered: the count goes up once the new connection listens.
+        await wait_metric(own_server, "orderstream_listener_reconnects_total", reconnects + 1)
         response = await client.get("/healthz")
         assert response.status_code == 200 and response.json()["listener"] is True
 

@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import httpx
@@ -180,6 +181,29 @@ def _make_triggers_stale(url: str) -> None:
     assert not schema_status(url).triggers_current
 
 
+# When migrate (the backend holding its advisory lock) waits for a lock: one row per
+# statement, so each attempt shows up with a query_start of its own.
+MIGRATE_WAITING = ("SELECT a.query_start FROM pg_stat_activity a"
+                   " JOIN pg_locks l ON l.pid = a.pid AND l.locktype = 'advisory' AND l.granted"
+                   " WHERE a.datname = current_database() AND a.wait_event_type = 'Lock'")
+
+
+def wait_for_lock_attempts(url: str, migrate: subprocess.Popen[str], attempts: int,
+                           timeout: float = 25.0) -> None:
+    """Until `attempts` of migrate's statements have been seen waiting for a lock (each one
+    but the last timed out, and was retried)."""
+    seen: set[datetime] = set()
+    deadline = time.monotonic() + timeout
+    with psycopg.connect(url, autocommit=True) as conn:
+        while len(seen) < attempts:
+            assert migrate.poll() is None, f"migrate ended after {len(seen)} lock wait(s)"
+            assert time.monotonic() < deadline, (
+                f"migrate waited for a lock {len(seen)} time(s) in {timeout:g} s,"
+                f" not {attempts}")
+            seen.update(row[0] for row in conn.execute(MIGRATE_WAITING))
+            time.sleep(0.01)
+
+
 def test_migrate_waits_for_a_reader_without_holding_writers_up(url: str) -> None:
     owner = new_user(url)
     with psycopg.connect(url, autocommit=True) as conn:
@@ -196,7 +220,7 @@ def test_migrate_waits_for_a_reader_without_holding_writers_up(url: str) -> None
     watcher.start()
     try:
         migrate = cli(url, "migrate", "--lock-timeout", "0.3", "--retry-for", "30")
-        time.sleep(2.5)  # several attempts time out while the reader is open
+        wait_for_lock_attempts(url, migrate, 3)  # two timed out while the reader is open
         assert migrate.poll() is None, "migrate finished while a reader held orders"
         reader.close()
         code, out, err = finish(migrate)
