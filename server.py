@@ -21,8 +21,12 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import config
+
+if TYPE_CHECKING:  # starlette is imported only by the commands that serve
+    from starlette.applications import Starlette
 
 log = logging.getLogger("orderstream")
 
@@ -446,7 +450,7 @@ def _serve(args: argparse.Namespace, settings: config.Settings, url: str) -> int
     return 0
 
 
-def app_from_environment():  # type: ignore[no-untyped-def]
+def app_from_environment() -> Starlette:
     """uvicorn factory for worker processes (the parent put DATABASE_URL in the environment)."""
     from web.app import create_app
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import psycopg
 
 from db.queries import token_hash
+from db.text import USERNAME_RULE
 from db.tokens import name_problem, new_secret
 from web.passwords import Passwords
 
@@ -25,7 +26,7 @@ def add_user(conn: psycopg.Connection, passwords: Passwords, username: str, pass
         ).fetchone()
     except psycopg.errors.CheckViolation:
         raise UserError(
-            f"invalid username {username!r}: use 1-64 letters, digits or _ . @ -"
+            f"invalid username {username!r}: use {USERNAME_RULE}"
         ) from None
     return None if row is None else int(row[0])
 

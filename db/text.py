@@ -7,6 +7,10 @@ from __future__ import annotations
 import re
 
 CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
+# A username, as users_username_format (db/migrations/0001_schema.sql) checks it, and the
+# rule in words for every message that refuses one.
+USERNAME = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
+USERNAME_RULE = "1-64 letters, digits or _ . @ -"
 
 
 def encodable(text: str) -> bool:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hmac
 import secrets
+from collections.abc import Iterable
+from urllib.parse import urlsplit
 
 from starlette.requests import HTTPConnection
 
@@ -20,6 +22,19 @@ def csrf_token(conn: HTTPConnection) -> str:
         token = secrets.token_urlsafe(32)
         conn.session[SESSION_KEY] = token
     return token
+
+
+def same_origin(conn: HTTPConnection, also: Iterable[str] = ()) -> bool:
+    """Whether a request may come from where its Origin says: no Origin (programs send
+    none; browsers send one on every cross-site POST and WebSocket handshake), the server's
+    own host:port, or one of the origins `also` lists."""
+    origin = conn.headers.get("origin")
+    if origin is None:
+        return True
+    if origin.rstrip("/") in (a.rstrip("/") for a in also):
+        return True
+    parts = urlsplit(origin)
+    return parts.scheme in ("http", "https") and parts.netloc == conn.headers.get("host")
 
 
 def csrf_valid(conn: HTTPConnection, submitted: str | None) -> bool:

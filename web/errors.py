@@ -19,6 +19,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 from db.failures import unreachable
 from db.pool import PoolBusy
+from db.text import USERNAME_RULE
 
 try:
     from uvicorn.protocols.utils import ClientDisconnected
@@ -142,7 +143,7 @@ _CONSTRAINT_FIELDS = {
     "orders_status_known": ("status", "is not a known status"),
     "orders_instrument_not_blank": ("instrument", "must not be blank"),
     "orders_owner_id_fkey": ("owner_id", "no such user"),
-    "users_username_format": ("username", "1-64 letters, digits or _ . @ -"),
+    "users_username_format": ("username", USERNAME_RULE),
     "users_username_key": ("username", "is taken"),
     "quotes_numbers_fit": ("bid", "bid, ask and last must be at most 40 characters as text"),
 }

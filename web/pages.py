@@ -13,7 +13,7 @@ from starlette_login.utils import login_user, logout_user
 
 from db import queries
 from web.auth import SESSION_ID_KEY, WebUser, auth_failure, current_user
-from web.csrf import FORM_FIELD, csrf_token, csrf_valid
+from web.csrf import FORM_FIELD, csrf_token, csrf_valid, same_origin
 from web.errors import error_response, failure_error
 from web.order_input import SIDES, STATUSES
 from web.throttle import LoginThrottle
@@ -126,11 +126,7 @@ def _login_csrf_ok(request: Request, submitted: object) -> bool:
     cross-site POST, so a foreign (or opaque "null") Origin is refused."""
     if submitted is not None:
         return csrf_valid(request, str(submitted))
-    origin = request.headers.get("origin")
-    if origin is None:
-        return True
-    parts = urlsplit(origin)
-    return parts.scheme in ("http", "https") and parts.netloc == request.headers.get("host")
+    return same_origin(request)
 
 
 async def logout(request: Request) -> Response:

@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from db import queries
-from db.text import encodable
+from db.text import USERNAME, USERNAME_RULE, encodable
 from web.connections import reading, writing
 from web.errors import ApiError
 from web.guard import api_user, path_id
 from web.order_input import json_object
 from web.routing import route
 
-USERNAME = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
 MIN_PASSWORD = 8
 MAX_PASSWORD = 256
 
@@ -57,7 +55,7 @@ async def create_user(request: Request) -> Response:
             problems[key] = "unknown field"
     username = data.get("username")
     if not isinstance(username, str) or not USERNAME.match(username):
-        problems["username"] = "1-64 letters, digits or _ . @ -"
+        problems["username"] = USERNAME_RULE
     password = _password(data.get("password"), problems)
     is_staff = data.get("is_staff", False)
     if not isinstance(is_staff, bool):

@@ -11,7 +11,6 @@ import math
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
-from urllib.parse import urlsplit
 
 from starlette.routing import WebSocketRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -24,6 +23,7 @@ from db.rights import load_rights
 from web import quotes
 from web.admission import TOO_MANY_SOCKETS, deny, too_many_sockets
 from web.auth import WebUser, auth_failure, current_user, rights_unchanged_since_auth
+from web.csrf import same_origin
 from web.errors import failure_error, shown
 from web.frame_writer import FrameWriter
 from web.frames import ALL_OWNERS, OwnerKey
@@ -53,17 +53,6 @@ def _frame(**fields: Any) -> str:
 
 def error_frame(code: str, message: str) -> str:
     return _frame(type="error", code=code, message=message)
-
-
-def origin_allowed(websocket: WebSocket, allowed: list[str]) -> bool:
-    """Same host:port as the request, or listed in settings; programs send no Origin."""
-    origin = websocket.headers.get("origin")
-    if origin is None:
-        return True
-    if origin.rstrip("/") in (a.rstrip("/") for a in allowed):
-        return True
-    parts = urlsplit(origin)
-    return parts.scheme in ("http", "https") and parts.netloc == websocket.headers.get("host")
 
 
 def _not_json(name: str) -> None:
@@ -315,7 +304,7 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
     if user is None:
         await websocket.close(code=1008, reason="authentication required")
         return
-    if not origin_allowed(websocket, websocket.state.settings.allowed_origins):
+    if not same_origin(websocket, websocket.state.settings.allowed_origins):
         await websocket.close(code=1008, reason="origin not allowed")
         return
     # Never the bearer.<token> subprotocol: the answer must not carry the secret.
