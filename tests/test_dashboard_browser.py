@@ -1,5 +1,6 @@
 """The dashboard in a real Chromium: own orders only, any writer's change on screen within 2 s
-with a highlight, the realtime toggle, reconnecting after a server restart, and order entry.
+with a highlight, the realtime toggle, reconnecting after a server restart, going to the
+login page when the session ends elsewhere, and order entry.
 Also saves the README's screenshots (docs/dashboard.png, docs/dashboard-phone.png)."""
 
 from __future__ import annotations
@@ -226,6 +227,21 @@ async def test_reconnects_after_server_restart_and_catches_up(
     # And it is live again, not just reloaded.
     sql.execute("UPDATE orders SET price = 1 WHERE id = %s", (ids[2],))
     await wait_row(page, ids[2], "cell('price').dataset.value === '1'")
+
+
+async def test_a_session_ended_elsewhere_sends_the_page_to_login(
+        browser, server, make_user, sql, contexts):
+    """Logged out everywhere (here: the session's row deleted, as a password change or a
+    logout on another device does): the socket closes with 1008, and the page goes to the
+    login page at once instead of reconnecting to a refused handshake."""
+    me = make_user()
+    context, page = await open_live_page(browser, server, me)
+    contexts.append(context)
+    started = time.monotonic()
+    sql.execute("DELETE FROM web_sessions WHERE user_id = %s", (me.id,))
+    await page.wait_for_url(re.compile(r"/login\?next=%2F$"), timeout=5000)
+    took = time.monotonic() - started
+    assert took < 2.0, f"the login page came after {took:.2f} s"
 
 
 async def test_order_entry_create_error_edit_cancel(browser, server, make_user, sql, contexts):

@@ -13,12 +13,17 @@ export function startLivePage() {
   bindConnStatus(socket);
   const latency = new LatencyMeter(document.getElementById('latency'));
 
-  // A refused handshake looks like any dropped connection. If it keeps failing, ask the API once in a
-  // while: a 401 there means the session ended, and api.js sends the user to the login page.
+  // Whether the session still holds, the API says: a 401 there means it ended, and api.js sends the
+  // user to the login page. Asked at once when the server closed the socket for policy (1008: logged
+  // out, token revoked, account deleted); else, since a refused handshake looks like any dropped
+  // connection, once a reconnect has failed too, and then once in a while. (Asked on every close, not
+  // on status changes: the status stays "reconnecting" through the first few failures.)
   let lastProbe = 0;
-  socket.addEventListener('status', () => {
+  socket.addEventListener('close', (ev) => {
     const now = Date.now();
-    if (socket.failures < PROBE_AFTER_FAILURES || now - lastProbe < PROBE_EVERY_MS) return;
+    const policy = ev.detail.code === 1008;
+    const failures = socket.failures + 1; // this close counts once the socket schedules its retry
+    if (!policy && (failures < PROBE_AFTER_FAILURES || now - lastProbe < PROBE_EVERY_MS)) return;
     lastProbe = now;
     listOrders({ limit: 1 }).catch(() => {}); // only its 401 redirect matters; the server may just be down
   });
