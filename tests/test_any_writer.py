@@ -85,6 +85,26 @@ async def test_writes_in_the_replica_replication_role_announce_too(server, make_
     assert disabled == (0,)
 
 
+async def test_a_multi_row_statement_streams_in_row_order(server, make_user, sql):
+    """A few rows of one statement arrive in id order (as a VALUES list wrote them), seq
+    rising with them; before, the trigger's join handed them over reversed."""
+    alice = make_user()
+    async with open_socket(server, alice) as ws:
+        await ws.subscribe_orders()
+        ids = [r[0] for r in sql.execute(
+            "INSERT INTO orders (owner_id, instrument, quantity, price) VALUES"
+            " (%s, 'FIRST', 1, 1), (%s, 'SECOND', 1, 1), (%s, 'THIRD', 1, 1) RETURNING id",
+            (alice.id,) * 3).fetchall()]
+        events = [await ws.recv_type("order") for _ in ids]
+        assert [e["order"]["instrument"] for e in events] == ["FIRST", "SECOND", "THIRD"]
+        assert [e["order"]["id"] for e in events] == sorted(ids)
+        sql.execute("UPDATE orders SET price = 2 WHERE owner_id = %s", (alice.id,))
+        events = [await ws.recv_type("order") for _ in ids]
+        assert [e["order"]["id"] for e in events] == sorted(ids)
+        seqs = [e["seq"] for e in events]
+        assert seqs == sorted(seqs)
+
+
 async def test_rolled_back_write_announces_nothing(server, make_user, db_url):
     alice = make_user()
     async with open_socket(server, alice) as ws:
