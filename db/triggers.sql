@@ -501,24 +501,41 @@ CREATE TRIGGER quotes_notify
     AFTER INSERT OR UPDATE ON quotes
     FOR EACH ROW EXECUTE FUNCTION orderstream_quotes_notify();
 
--- Every trigger above fires ALWAYS, not only in the default replication role: a writer
--- with `SET session_replication_role = replica` (a superuser, a logical replication apply
--- worker, a restore) would otherwise change orders with no event and no new version,
--- leaving every dashboard silently stale.
-DO $$
-DECLARE
-    t record;
+-- Replication roles. A writer with `SET session_replication_role = replica` (a superuser, a
+-- logical replication apply worker, a restore) skips triggers that fire only in the
+-- default role: its changes would reach no dashboard and no log. So every trigger that
+-- announces, guards or numbers fires ALWAYS. The version stamps do not: a replicated or
+-- restored row carries the version and times it had where it came from, and must keep them
+-- (on INSERT, the columns' defaults fill in what such a writer leaves out). An UPDATE in the
+-- replica role that leaves the version as it was (a person's, not a replicated row's)
+-- still gets a new one, from a trigger of that role only.
+CREATE OR REPLACE FUNCTION orderstream_orders_stamp_update_replica()
+RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    FOR t IN
-        SELECT c.relname, tg.tgname
-        FROM pg_trigger tg
-        JOIN pg_class c ON c.oid = tg.tgrelid
-        WHERE c.relnamespace = 'public'::regnamespace
-          AND c.relname IN ('orders', 'quotes', 'users', 'api_tokens', 'web_sessions')
-          AND NOT tg.tgisinternal
-          AND tg.tgenabled <> 'A'
-    LOOP
-        EXECUTE format('ALTER TABLE %I ENABLE ALWAYS TRIGGER %I', t.relname, t.tgname);
-    END LOOP;
+    IF NEW.version IS NOT DISTINCT FROM OLD.version THEN
+        NEW.version := OLD.version + 1;
+        NEW.updated_at := clock_timestamp();
+    END IF;
+    RETURN NEW;
 END
 $$;
+
+DROP TRIGGER IF EXISTS orders_stamp_update_replica ON orders;
+CREATE TRIGGER orders_stamp_update_replica
+    BEFORE UPDATE ON orders
+    FOR EACH ROW EXECUTE FUNCTION orderstream_orders_stamp_update_replica();
+ALTER TABLE orders ENABLE REPLICA TRIGGER orders_stamp_update_replica;
+
+ALTER TABLE orders ENABLE ALWAYS TRIGGER orders_id_fixed;
+ALTER TABLE orders ENABLE ALWAYS TRIGGER orders_inserted;
+ALTER TABLE orders ENABLE ALWAYS TRIGGER orders_updated;
+ALTER TABLE orders ENABLE ALWAYS TRIGGER orders_deleted;
+ALTER TABLE orders ENABLE ALWAYS TRIGGER orders_truncate;
+ALTER TABLE users ENABLE ALWAYS TRIGGER users_rights_changed;
+ALTER TABLE users ENABLE ALWAYS TRIGGER users_deleted;
+ALTER TABLE users ENABLE ALWAYS TRIGGER users_password_changed;
+ALTER TABLE api_tokens ENABLE ALWAYS TRIGGER api_tokens_revoked;
+ALTER TABLE api_tokens ENABLE ALWAYS TRIGGER api_tokens_deleted;
+ALTER TABLE web_sessions ENABLE ALWAYS TRIGGER web_sessions_ended;
+ALTER TABLE quotes ENABLE ALWAYS TRIGGER quotes_version;
+ALTER TABLE quotes ENABLE ALWAYS TRIGGER quotes_notify;
