@@ -58,13 +58,16 @@ class Settings:
     log_level: str = "info"
     log_format: str = "text"
 
-    def __post_init__(self) -> None:
+    def checked(self) -> Settings:
+        """These settings, if every value keeps its rule (RULES); else SettingsError. Only
+        the final values are checked: one a later layer replaces (settings.toml by the
+        environment, either by a flag) does not matter."""
         for f in fields(self):
-            value = getattr(self, f.name)
             allowed, problem = RULES[f.name]
-            said = problem(value)
+            said = problem(getattr(self, f.name))
             if said is not None:
                 raise SettingsError(f"setting {f.name!r}: must be {allowed}, {said}")
+        return self
 
     @property
     def data_path(self) -> Path:
@@ -106,6 +109,11 @@ def _coerce(key: str, value: Any, kind: type) -> Any:
 Rule = tuple[str, Callable[[Any], str | None]]
 
 
+def finite(value: float) -> bool:
+    """Not nan or infinite (an int always is: math.isfinite would overflow on a huge one)."""
+    return not isinstance(value, float) or math.isfinite(value)
+
+
 def _within(low: float, high: float | None, zero: str = "") -> Rule:
     """low..high inclusive (no upper bound when high is None); `zero`: what 0 means."""
     if zero:
@@ -114,7 +122,7 @@ def _within(low: float, high: float | None, zero: str = "") -> Rule:
         allowed = f"{low} or more" if high is None else f"{low}-{high}"
 
     def problem(value: float) -> str | None:
-        fits = math.isfinite(value) and low <= value and (high is None or value <= high)
+        fits = finite(value) and low <= value and (high is None or value <= high)
         return None if fits else f"got {value!r}"
 
     return allowed, problem
@@ -122,7 +130,7 @@ def _within(low: float, high: float | None, zero: str = "") -> Rule:
 
 def _above_zero(high: float, meaning: str) -> Rule:
     def problem(value: float) -> str | None:
-        return None if math.isfinite(value) and 0 < value <= high else f"got {value!r}"
+        return None if finite(value) and 0 < value <= high else f"got {value!r}"
 
     return f"above 0, at most {high} ({meaning})", problem
 
@@ -148,7 +156,7 @@ def _is_origin(text: str) -> bool:
 def _origins_problem(origins: list[str]) -> str | None:
     # web/ws.py compares the Origin header with these as strings: anything but an origin
     # as browsers send it would never match, silently.
-    bad = [origin for origin in origins if not _is_origin(origin)]
+    bad = [origin for origin in origins if origin != "null" and not _is_origin(origin)]
     return f"got {bad[0]!r}" if bad else None
 
 
@@ -156,11 +164,6 @@ def _database_url_problem(url: str) -> str | None:
     if not url or url.startswith(("postgresql://", "postgres://")):
         return None
     return "got a value not shown here (it may hold a password)"
-
-
-def _secret_key_problem(key: str) -> str | None:
-    # Too short a key makes session cookies guessable; the key itself is never echoed.
-    return None if not key or len(key) >= MIN_SECRET_KEY else f"got {len(key)} characters"
 
 
 def _host_problem(host: str) -> str | None:
@@ -173,7 +176,6 @@ def _data_dir_problem(path: str) -> str | None:
 
 # PostgreSQL's largest statement_timeout and lock_timeout (ms): an int.
 PG_MAX_TIMEOUT_MS = 2**31 - 1
-MIN_SECRET_KEY = 32
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 COOKIE_SECURE = ("auto", "always", "never")  # web/app.py Sessions
 # argon2's own floors: 1 pass, and 8 KiB for each of the hasher's lanes (web/passwords.py
@@ -188,10 +190,12 @@ RULES: dict[str, Rule] = {
     "database_url": ("empty (the embedded database) or a postgresql:// URL",
                      _database_url_problem),
     "data_dir": ("a directory path (not empty)", _data_dir_problem),
-    "secret_key": (f"empty (one is generated and kept in data_dir) or at least "
-                   f"{MIN_SECRET_KEY} characters", _secret_key_problem),
+    # Any text (empty: one is generated and kept in data_dir). docs/deploy.md asks for a
+    # long random one; refusing a short one would stop deployments that run today.
+    "secret_key": ("any text", lambda key: None),
     "cookie_secure": _one_of(*COOKIE_SECURE),
-    "allowed_origins": ("origins (http:// or https://, host[:port], nothing after it)",
+    "allowed_origins": ('origins (http:// or https://, host[:port], nothing after it) or'
+                        ' "null" (what file:// pages and sandboxed frames send)',
                         _origins_problem),
     "pool_min_size": _within(0, 1000),
     # One connection is kept back for /healthz (db/pool.py): 2 leaves one for requests.
@@ -222,8 +226,10 @@ RULES: dict[str, Rule] = {
 }
 
 
-def load_settings(path: Path = SETTINGS_FILE, environ: dict[str, str] | None = None) -> Settings:
-    """Read defaults from settings.toml and apply environment overrides."""
+def load_settings(path: Path = SETTINGS_FILE, environ: dict[str, str] | None = None,
+                  check: bool = True) -> Settings:
+    """Read defaults from settings.toml and apply environment overrides; checked unless
+    `check` is False (the caller overrides some more, then checks)."""
     environ = dict(os.environ) if environ is None else environ
     base = Settings()
     if path.exists():
@@ -240,7 +246,8 @@ def load_settings(path: Path = SETTINGS_FILE, environ: dict[str, str] | None = N
             env[f.name] = value
     if "database_url" not in env and environ.get("DATABASE_URL"):
         env["database_url"] = environ["DATABASE_URL"]
-    return base.with_overrides(**env)
+    settings = base.with_overrides(**env)
+    return settings.checked() if check else settings
 
 
 def prepare_data_dir(settings: Settings) -> None:

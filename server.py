@@ -146,19 +146,20 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _settings(args: argparse.Namespace) -> config.Settings:
-    settings = config.load_settings()
+    settings = config.load_settings(check=False)
     return settings.with_overrides(
         host=getattr(args, "host", None),
         port=getattr(args, "port", None),
         workers=getattr(args, "workers", None),
-    )
+    ).checked()
 
 
 def _uses_data_dir(command: str, settings: config.Settings) -> bool:
     """The embedded database keeps its files in data_dir, and serve its generated secret
     key (db-stop only looks for a server there)."""
+    kept_key = settings.data_path / "secret_key"
     return (not settings.database_url and command != "db-stop") or (
-        command == "serve" and not settings.secret_key)
+        command == "serve" and not settings.secret_key and not kept_key.is_file())
 
 
 def _fail(message: str, code: int = 2) -> int:

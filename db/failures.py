@@ -21,6 +21,16 @@ DATABASE_ERRORS: tuple[type[BaseException], ...] = (asyncpg.PostgresError, *CONN
 _UNAVAILABLE_STATES = ("08", "53", "57P")
 
 
+def recurring(exc: BaseException) -> bool:
+    """True unless `exc` is a database error worth retrying: one that is not the database's
+    (a bug), or one the same query would meet again (22: bad data; 42: a broken or
+    forbidden query). A timeout, a deadlock or an unreachable database pass."""
+    if not isinstance(exc, DATABASE_ERRORS):
+        return True
+    state = getattr(exc, "sqlstate", None) or ""
+    return state.startswith(("22", "42"))
+
+
 def unreachable(exc: BaseException) -> bool:
     """True when `exc` says the database could not be reached or dropped the connection:
     worth retrying later, whatever the request was."""

@@ -15,7 +15,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from db.change import ResyncReason
-from db.failures import unreachable
+from db.failures import recurring
 from web.frames import ALL_OWNERS, frame_for, resync_frame, with_cursor
 from web.subscriber import Mode, Subscriber
 
@@ -51,14 +51,14 @@ async def catch_up(hub: Hub, sub: Subscriber, generation: int) -> None:
             raise
         except Exception as exc:
             sub.held = None
-            if not unreachable(exc):
-                # Not the database being away (a bug, or a query it refuses): retrying
-                # would fail the same way forever, the client waiting in silence. With 1011
-                # it reconnects and resumes from its cursor.
+            if recurring(exc):
+                # A bug, or a query the database refuses: retrying would fail the same way
+                # forever, the client waiting in silence. With 1011 it reconnects and
+                # resumes from its cursor.
                 log.exception("catch-up read for user %s failed", sub.user_id)
                 sub.close(1011, "internal error")
                 return
-            # The database is away: keep the position, try again.
+            # The database is away, busy or timed out: keep the position, try again.
             log.warning("catch-up read for user %s failed (%s); retrying in %.1fs",
                         sub.user_id, exc, retry)
             await asyncio.sleep(retry)

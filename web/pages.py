@@ -16,6 +16,7 @@ from web.auth import SESSION_ID_KEY, WebUser, auth_failure, current_user
 from web.csrf import FORM_FIELD, csrf_token, csrf_valid, same_origin
 from web.errors import error_response, failure_error
 from web.order_input import SIDES, STATUSES
+from web.routing import route
 from web.throttle import LoginThrottle
 from web.users_api import MAX_PASSWORD
 
@@ -144,7 +145,6 @@ async def logout(request: Request) -> Response:
 routes = [
     Route("/", dashboard, methods=["GET"]),
     Route("/admin", admin, methods=["GET"]),
-    Route("/login", login_form, methods=["GET"]),
-    Route("/login", login, methods=["POST"]),
+    route("/login", get=login_form, post=login),
     Route("/logout", logout, methods=["POST"]),
 ]
