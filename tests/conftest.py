@@ -13,7 +13,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -86,6 +86,19 @@ class LocalAddress:
     @property
     def ws_url(self) -> str:
         return f"ws://127.0.0.1:{self.port}/ws"
+
+
+async def healthz_until(address: LocalAddress, says: Callable[[dict[str, Any]], bool],
+                        timeout: float = 30.0) -> dict[str, Any]:
+    """Until /healthz's body satisfies `says`; that body."""
+    deadline = time.monotonic() + timeout
+    async with httpx.AsyncClient(base_url=address.base_url, timeout=5) as http:
+        while True:
+            body = (await http.get("/healthz")).json()
+            if says(body):
+                return body
+            assert time.monotonic() < deadline, f"/healthz stayed {body}"
+            await asyncio.sleep(0.05)
 
 
 @dataclass

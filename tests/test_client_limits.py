@@ -9,21 +9,17 @@ server, of their own."""
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
-import httpx
 import psycopg
 import pytest
-from psycopg import sql as pgsql
 
 import orderstream_client
 from orderstream_client import StreamUnavailable
 from orderstream_client.stream import SERVER_LISTENER_WAIT
-from tests.conftest import ServerProcess, insert_order, terminate_listeners
-from tests.support.database import new_user, own_database
+from tests.conftest import ServerProcess, healthz_until, insert_order, terminate_listeners
+from tests.support.database import allow_connections, new_user, own_database
 from tests.test_client import assert_silent, next_event
 from web.ws import LISTENER_WAIT_SECONDS
 
@@ -44,27 +40,6 @@ def limits_server(limits_url: str, tmp_path_factory: pytest.TempPathFactory
     proc.start()
     yield proc
     proc.stop()
-
-
-def allow_connections(server_url: str, db_url: str, allow: bool) -> None:
-    """Let new connections into the database at `db_url`, or refuse them (open ones stay)."""
-    name = psycopg.conninfo.conninfo_to_dict(db_url)["dbname"]
-    with psycopg.connect(server_url, autocommit=True) as conn:
-        conn.execute(pgsql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS {}").format(
-            pgsql.Identifier(str(name)), pgsql.SQL("true" if allow else "false")))
-
-
-async def healthz_until(server: ServerProcess, says: Callable[[dict[str, Any]], bool],
-                        timeout: float = 30.0) -> dict[str, Any]:
-    """Until /healthz's body satisfies `says`; that body."""
-    deadline = time.monotonic() + timeout
-    async with httpx.AsyncClient(base_url=server.base_url, timeout=5) as http:
-        while True:
-            body = (await http.get("/healthz")).json()
-            if says(body):
-                return body
-            assert time.monotonic() < deadline, f"/healthz stayed {body}"
-            await asyncio.sleep(0.05)
 
 
 def without_cursor(event: dict[str, Any]) -> dict[str, Any]:

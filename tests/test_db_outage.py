@@ -20,7 +20,7 @@ import websockets
 from psycopg.conninfo import conninfo_to_dict
 
 from tests.conftest import ServerProcess, User, insert_order, login, open_socket
-from tests.support.database import new_user, own_database
+from tests.support.database import allow_connections, new_user, own_database
 from tests.support.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.slow
@@ -45,11 +45,11 @@ def outage_server(outage_db: str, tmp_path_factory: pytest.TempPathFactory
 def set_open(server_url: str, db_url: str, allow: bool) -> None:
     """Open or close the database to connections; closing also ends every backend on it,
     and waits until they are gone."""
+    allow_connections(server_url, db_url, allow)
+    if allow:
+        return
     name = conninfo_to_dict(db_url)["dbname"]
     with psycopg.connect(server_url, autocommit=True) as conn:
-        conn.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS {str(allow).lower()}')
-        if allow:
-            return
         conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
                      " WHERE datname = %s AND pid <> pg_backend_pid()", (name,))
         deadline = time.monotonic() + 10

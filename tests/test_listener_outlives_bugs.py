@@ -10,28 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import psycopg
 import pytest
 import websockets
 
-from tests.conftest import Socket, insert_order
+from tests.conftest import Socket, healthz_until, insert_order
 from tests.support.in_process import serving_in_process
 from web.hub import Hub
-
-
-async def _healthz_until(client: httpx.AsyncClient, status: int, timeout: float = 10) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        answer = await client.get("/healthz")
-        if answer.status_code == status:
-            return answer.json()
-        assert time.monotonic() < deadline, f"/healthz stayed {answer.status_code}: {answer.text}"
-        await asyncio.sleep(0.05)
 
 
 async def test_a_bug_in_delivery_shows_on_healthz_and_the_event_still_arrives(
@@ -50,21 +38,20 @@ async def test_a_bug_in_delivery_shows_on_healthz_and_the_event_still_arrives(
     user = make_user()
     with caplog.at_level(logging.ERROR, logger="db.listener"):
         async with (serving_in_process(db_url, tmp_path) as address,
-                    httpx.AsyncClient(base_url=address.base_url, timeout=5) as client,
                     websockets.connect(address.ws_url, additional_headers=user.auth,
                                        open_timeout=5) as conn):
             ws = Socket(conn)
             await ws.subscribe_orders()
-            await _healthz_until(client, 200)
+            await healthz_until(address, lambda body: body["status"] == "ok")
             failing["on"] = True
             order_id = insert_order(sql, user.id)
-            unhealthy = await _healthz_until(client, 503)
+            unhealthy = await healthz_until(address, lambda body: body["status"] == "unhealthy")
             assert unhealthy["listener"] is False
             assert failing["calls"] >= 2  # the live delivery, then a catch-up (or more)
             failing["on"] = False
             event = await asyncio.wait_for(ws.recv_type("order"), 15)
             assert (event["op"], event["order"]["id"]) == ("insert", order_id)
-            await _healthz_until(client, 200)
+            await healthz_until(address, lambda body: body["status"] == "ok")
             # And it goes on delivering live.
             second = insert_order(sql, user.id)
             event = await asyncio.wait_for(ws.recv_type("order"), 5)

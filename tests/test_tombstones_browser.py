@@ -15,7 +15,6 @@ from typing import Any
 import psycopg
 import pytest
 from playwright.async_api import TimeoutError as PlaywrightTimeoutError
-from psycopg import sql as pgsql
 
 from tests.conftest import (
     LIVE_PROBE_JS,
@@ -30,6 +29,7 @@ from tests.conftest import (
     wait_row,
     wait_table_is,
 )
+from tests.support.database import allow_connections
 from tests.test_admin_browser import filter_by_owner
 
 pytestmark = pytest.mark.browser
@@ -187,14 +187,6 @@ async def test_delete_committed_after_a_newer_update_stays_deleted(
     await wait_table_is(page, db_page(sql, alice.id))
     assert [row["id"] for row in await shown_rows(page)] == [keep]
     assert sorted(await order_events(page, doomed)) == [("delete", 2), ("update", 2)]
-
-
-def allow_connections(server_url: str, db_url: str, allow: bool) -> None:
-    """Let new connections into the run's database, or refuse them (open ones stay)."""
-    name = psycopg.conninfo.conninfo_to_dict(db_url)["dbname"]
-    with psycopg.connect(server_url, autocommit=True) as conn:
-        conn.execute(pgsql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS {}").format(
-            pgsql.Identifier(str(name)), pgsql.SQL("true" if allow else "false")))
 
 
 async def test_delete_committed_after_a_newer_update_stays_deleted_through_a_listener_gap(

@@ -16,6 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
+from psycopg import sql as pgsql
+from psycopg.conninfo import conninfo_to_dict
 
 from cli.users import create_token, create_user
 from db.embedded import EmbeddedPostgres, database_url
@@ -52,6 +54,14 @@ def own_database(server_url: str, prefix: str) -> Iterator[str]:
     finally:
         with psycopg.connect(server_url, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def allow_connections(server_url: str, db_url: str, allow: bool) -> None:
+    """Let new connections into the database at `db_url`, or refuse them (open ones stay)."""
+    name = conninfo_to_dict(db_url)["dbname"]
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(pgsql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS {}").format(
+            pgsql.Identifier(str(name)), pgsql.SQL("true" if allow else "false")))
 
 
 def new_user(url: str, staff: bool = False, prefix: str = "user") -> User:
